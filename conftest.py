@@ -1,0 +1,64 @@
+"""Shared pytest configuration for tests/ and benchmarks/.
+
+* Plain ``pytest`` is a quick test run: benchmarks execute once each as smoke tests.
+  ``pytest --benchmark-only`` (or ``--benchmark-enable``) runs them for real.
+* The ``backend`` fixture runs a test once per backend: ``cython`` and ``python``.  The
+  Cython run fails (it is not skipped) when the extension was expected but not loaded;
+  it is skipped only under ``RAPIDRPC_PURE_PYTHON=1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import pytest
+
+BACKENDS = ("cython", "python")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    opt = config.option
+    if not getattr(opt, "benchmark_only", False) and not getattr(opt, "benchmark_enable", False):
+        opt.benchmark_disable = True
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The implementation modules of one backend, for tests that target it directly."""
+
+    name: str
+    serializer: ModuleType
+    framing: ModuleType
+
+
+def load_backend(name: str) -> Backend:
+    """The modules of backend *name*; fails when the extension was expected but missing."""
+    from rapidrpc import _backend
+    from rapidrpc.wire import framing, serializer
+
+    if name == "cython" and _backend.PURE_PYTHON:
+        pytest.skip("RAPIDRPC_PURE_PYTHON=1: the Cython backend is deliberately off")
+    try:
+        return Backend(
+            name, serializer.IMPLEMENTATIONS[name], framing.IMPLEMENTATIONS[name]
+        )
+    except KeyError:
+        pytest.fail(
+            f"the {name} backend was expected but is not loaded: build the extension "
+            "(pip install .) or run with RAPIDRPC_PURE_PYTHON=1"
+        )
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each test using this fixture runs once per backend."""
+    return load_backend(request.param)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The backend name, for tests that pass it on (e.g. ``Server(backend=...)``)."""
+    load_backend(request.param)
+    return request.param

@@ -1,0 +1,1 @@
+"""Sans-IO core: the connection state machine and method dispatch."""

@@ -1,0 +1,1 @@
+"""Other wire formats (HTTP, XML-RPC, JSON-RPC) over the same dispatch."""

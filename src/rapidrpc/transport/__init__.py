@@ -1,0 +1,1 @@
+"""IO drivers: event loops, the blocking client socket, asyncio protocols."""
