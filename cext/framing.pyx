@@ -337,8 +337,11 @@ cdef class FrameParser:
     @property
     def buffered(self):
         """Bytes received but not yet returned (part of a preface, header or body)."""
-        cdef Py_ssize_t pending_preface = self._pre_pos if self._state == ST_PREFACE else 0
-        return pending_preface + self._hdr_len + self._have
+        if self._state == ST_BODY:  # the decoded header counts until its frame is out
+            return _HDR + self._have
+        if self._state == ST_PREFACE:
+            return self._pre_pos
+        return self._hdr_len
 
     @property
     def preface_received(self):

@@ -229,8 +229,11 @@ class FrameParser:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned (part of a preface, header or body)."""
-        pending_preface = self._pre_pos if self._state == _ST_PREFACE else 0
-        return pending_preface + len(self._hdr) + self._have
+        if self._state == _ST_BODY:  # the decoded header counts until its frame is out
+            return HEADER_SIZE + self._have
+        if self._state == _ST_PREFACE:
+            return self._pre_pos
+        return len(self._hdr)
 
     @property
     def preface_received(self) -> bool:
