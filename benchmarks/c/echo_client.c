@@ -36,9 +36,13 @@ static uint32_t next_id = 1;
 static int emit_latencies = 0;
 static char error_text[256];
 
+/* Records what went wrong (with errno's text when errno is set) for the JSON error line. */
 static int fail(const char *what)
 {
-    snprintf(error_text, sizeof error_text, "%s: %s", what, errno ? strerror(errno) : "bad reply");
+    if (errno)
+        snprintf(error_text, sizeof error_text, "%s: %s", what, strerror(errno));
+    else
+        snprintf(error_text, sizeof error_text, "%s", what);
     return -1;
 }
 

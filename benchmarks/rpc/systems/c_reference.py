@@ -25,7 +25,7 @@ from .base import System, Unsupported, check_result
 ADD_BODY_SIZE = 16
 
 
-def _latencies(hex_text: str) -> array:
+def decode_latencies(hex_text: str) -> array:
     """Decodes the client's ``lat_u32be_hex`` field into an array of nanoseconds."""
     lat = array("I", bytes.fromhex(hex_text))
     if lat.itemsize != 4:  # pragma: no cover - every Linux ABI has a 4-byte unsigned int
@@ -110,7 +110,7 @@ class CReference(System):
         answer = read_json_line(self.client, BATCH_TIMEOUT_S + 5, "C echo client")
         if "error" in answer:
             raise RuntimeError(f"C echo client: {answer['error']}")
-        return Batch(answer["calls"], answer["seconds"], _latencies(answer["lat_u32be_hex"]))
+        return Batch(answer["calls"], answer["seconds"], decode_latencies(answer["lat_u32be_hex"]))
 
     def run_sequential(self, workload: Workload, n: int) -> Batch:
         return self._ask(f"seq {n} {workload.payload or ADD_BODY_SIZE}")
