@@ -211,6 +211,8 @@ cdef object _own_body(object body):
 
 
 # --- Frame ------------------------------------------------------------------------------------
+# A batch of pipelined frames is usually dropped together after dispatch; a freelist of
+# 1024 (about 40 KiB when full) serves the next batch without touching the allocator.
 @cython.final
 @cython.freelist(1024)
 @cython.no_gc  # bodies are never containers (see _own_body): no cycles, so no GC tracking

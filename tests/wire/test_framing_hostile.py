@@ -8,10 +8,13 @@ what actually arrived, never by what a header declared.
 from __future__ import annotations
 
 import gc
+import itertools
 import sys
 import tracemalloc
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import load_backend
 from rapidrpc import FrameError, ProtocolError
@@ -286,3 +289,44 @@ def test_backends_raise_identical_errors(stream):
                     parser.feed(stream[i : i + chunking])
             messages.append(str(info.value))
     assert len(set(messages)) == 1, messages
+
+
+def _outcome(fr, chunks):
+    parser = fr.FrameParser(max_frame_size=64)
+    frames = []
+    try:
+        for chunk in chunks:
+            frames += [(f.kind, f.request_id, f.flags, bytes(f.body)) for f in parser.feed(chunk)]
+    except FrameError as exc:
+        return frames, str(exc), parser.buffered, parser.preface_received
+    return frames, None, parser.buffered, parser.preface_received
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    prefix=st.sampled_from([b"", constants.PREFACE, constants.PREFACE[:5]]),
+    noise=st.lists(
+        st.one_of(
+            st.binary(max_size=20),  # garbage
+            st.builds(  # near-valid headers: small lengths, edge kinds/flags/reserved
+                header,
+                st.integers(0, 70),
+                st.integers(0, constants.MAX_KIND + 1),
+                st.integers(0, 3),
+                st.sampled_from([0, 0, 0, 1]),
+                st.integers(0, 2**32 - 1),
+            ),
+        ),
+        max_size=8,
+    ).map(b"".join),
+    cuts=st.lists(st.integers(0, 300), max_size=5),
+)
+def test_backends_agree_on_arbitrary_bytes(prefix, noise, cuts):
+    """Garbage or near-valid streams, chunked anyhow: same frames, error and state."""
+    stream = prefix + noise
+    bounds = sorted({min(c, len(stream)) for c in cuts})
+    chunks = [stream[a:b] for a, b in itertools.pairwise([0, *bounds, len(stream)])]
+    cy, py = load_backend("cython").framing, load_backend("python").framing
+    assert _outcome(cy, chunks) == _outcome(py, chunks)
