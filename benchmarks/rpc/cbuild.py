@@ -37,11 +37,12 @@ def load_wire_constants() -> ModuleType:
     """Loads rapidrpc's constants module by path, without importing the rest of the package.
 
     Importing ``rapidrpc.wire.constants`` normally runs ``rapidrpc/__init__.py`` (which needs
-    the backends); the constants file imports nothing, so it is loaded on its own.
+    the backends); the constants file imports nothing, so it is loaded on its own.  The
+    checkout's file wins (the benchmarks belong to it); an installed package is the fallback.
     """
     path = _REPO_CONSTANTS
     spec = importlib.util.find_spec("rapidrpc")
-    if spec is not None and spec.submodule_search_locations:
+    if not path.is_file() and spec is not None and spec.submodule_search_locations:
         path = Path(next(iter(spec.submodule_search_locations))) / "wire" / "constants.py"
     file_spec = importlib.util.spec_from_file_location("_rapidrpc_bench_constants", path)
     if file_spec is None or file_spec.loader is None:

@@ -8,6 +8,7 @@ import platform
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from importlib import metadata
 
 from .stats import Summary
 from .systems import BASELINE, BY_KEY, REFERENCE
@@ -121,7 +122,20 @@ def machine_lines(placement_note: str, load_before: tuple[float, ...] | None) ->
         f"Machine: {model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; "
         f"Python {sys.version.split()[0]}; {placement_note}{load}.",
         "",
+        f"Versions: {_versions()}.",
+        "",
     ]
+
+
+def _versions() -> str:
+    """Installed versions of the packages under test (metadata only: nothing is imported)."""
+    found = []
+    for dist in ("rapidrpc", "grpcio", "msgpack", "uvloop"):
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{dist} not installed")
+    return ", ".join(found)
 
 
 def render(
