@@ -594,25 +594,16 @@ cdef struct _Item:
     Py_buffer view
 
 
-cdef tuple _unpack_item(object item):
-    cdef Frame frame
-    if type(item) is Frame:
-        frame = <Frame>item
-        return frame._kind, frame._request_id, frame._body, frame._flags
-    if PyTuple_Check(item):
-        if PyTuple_GET_SIZE(item) == 3:
-            return item[0], item[1], item[2], 0
-        if PyTuple_GET_SIZE(item) == 4:
-            return item
-        raise TypeError(
-            "encode_frames() items must be (kind, request_id, body[, flags]) tuples or "
-            f"Frame objects, got a tuple of {PyTuple_GET_SIZE(item)} items")
+cdef str _BAD_ITEM = ("encode_frames() items must be (kind, request_id, body[, flags]) tuples "
+                      "or Frame objects")
+
+
+cdef tuple _item_attrs(object item):
+    """(kind, request_id, body, flags) of a Frame-like object (e.g. the other backend's)."""
     try:
         return item.kind, item.request_id, item.body, item.flags
     except AttributeError:
-        raise TypeError(
-            "encode_frames() items must be (kind, request_id, body[, flags]) tuples or "
-            f"Frame objects, not {type(item).__name__}") from None
+        raise TypeError(f"{_BAD_ITEM}, not {type(item).__name__}") from None
 
 
 def encode_frames(frames, *, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
@@ -622,14 +613,17 @@ def encode_frames(frames, *, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
     backend); each is validated like :func:`encode_frame`.
     """
     cdef long long limit = _limit(max_frame_size)
+    # Our own list: nothing else can drop an item while we hold borrowed references into it.
     cdef list seq = list(frames)
-    cdef list keep = []  # owns every body until it has been copied
+    cdef list keep = None  # owns bodies fetched from Frame-like objects until copied
     cdef Py_ssize_t count = len(seq)
-    cdef Py_ssize_t i, done = 0, total = 0
+    cdef Py_ssize_t i, n, done = 0, total = 0
     cdef uint32_t fields[3]
     cdef _Item* items
     cdef _Item* it
-    cdef object kind, request_id, body, flags
+    cdef object item, body
+    cdef tuple tup
+    cdef Frame frame
     cdef bytes out
     cdef char* o
     if count == 0:
@@ -643,10 +637,28 @@ def encode_frames(frames, *, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
         for i in range(count):
             it = &items[i]
             it.has_view = False
-            kind, request_id, body, flags = _unpack_item(<object>PyList_GET_ITEM(seq, i))
-            _check_fields(kind, request_id, flags, fields)
-            if PyBytes_CheckExact(body):
+            item = <object>PyList_GET_ITEM(seq, i)
+            if type(item) is Frame:  # validated when built; its fields cannot change
+                frame = <Frame>item
+                fields[0] = frame._kind
+                fields[1] = frame._request_id
+                fields[2] = frame._flags
+                body = frame._body
+            elif PyTuple_Check(item):
+                tup = <tuple>item
+                n = PyTuple_GET_SIZE(tup)
+                if n != 3 and n != 4:
+                    raise TypeError(f"{_BAD_ITEM}, got a tuple of {n} items")
+                _check_fields(<object>PyTuple_GET_ITEM(tup, 0), <object>PyTuple_GET_ITEM(tup, 1),
+                              <object>PyTuple_GET_ITEM(tup, 3) if n == 4 else 0, fields)
+                body = <object>PyTuple_GET_ITEM(tup, 2)
+            else:
+                kind, request_id, body, flags = _item_attrs(item)
+                _check_fields(kind, request_id, flags, fields)
+                if keep is None:
+                    keep = []
                 keep.append(body)
+            if PyBytes_CheckExact(body):
                 it.data = PyBytes_AS_STRING(body)
                 it.size = PyBytes_GET_SIZE(body)
             else:
