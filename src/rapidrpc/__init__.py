@@ -7,6 +7,7 @@ is active (``"cython"`` or ``"python"``).
 from __future__ import annotations
 
 from . import _backend
+from .client import Client
 from .errors import (
     Cancelled,
     ConnectionLost,
@@ -23,6 +24,7 @@ from .errors import (
     StatusCode,
     Unavailable,
 )
+from .server import Server
 from .wire import framing as _framing_face
 from .wire import serializer as _serializer_face
 from .wire.framing import Frame, FrameParser, encode_frame, encode_frames
@@ -37,6 +39,7 @@ BACKEND: str = _backend.active()
 __all__ = [
     "BACKEND",
     "Cancelled",
+    "Client",
     "ConnectionLost",
     "DeadlineExceeded",
     "ExtType",
@@ -52,6 +55,7 @@ __all__ = [
     "RemoteError",
     "ResourceExhausted",
     "SerializationError",
+    "Server",
     "StatusCode",
     "Unavailable",
     "Unpacker",

@@ -443,10 +443,10 @@ def test_reply_larger_than_client_limit(backend) -> None:
     [(_, _, _, exc)] = client.receive_data(server.data_to_send())
     assert isinstance(exc, ResourceExhausted) and "max_frame_size=1000" in exc.message
     # A server ignoring the limit is a protocol error on the client side.
-    header = backend.framing.encode_header(RESP, rid, 0xFFFFFFF0)
     client2, _ = connect(backend, client_kw={"max_frame_size": 1000})
-    with pytest.raises(ProtocolError):
-        client2.receive_data(header)
+    rid = client2.send_request("big", [])
+    with pytest.raises(ProtocolError, match="1000"):
+        client2.receive_data(_header(1001, RESP, rid=rid))
 
 
 def test_request_larger_than_server_limit_refused_locally(backend) -> None:

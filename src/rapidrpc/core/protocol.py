@@ -211,6 +211,13 @@ class Connection:
         self.goaway_sent = True
         self._frame(KIND_GOAWAY, 0, self._dumps([self.last_request_id, code, message]))
 
+    def refuse(self, code: int, message: str) -> None:
+        """Queue a preface and a goaway (no settings): turn a connection away at once."""
+        self.preface_sent = True
+        self._out.append(C.PREFACE)
+        self._out_size += C.PREFACE_SIZE
+        self.send_goaway(code, message)
+
     def _fail(self, message: str, cause: BaseException | None = None) -> ProtocolError:
         """Record a protocol violation, queue a goaway saying why, return the exception."""
         if self.error is None:

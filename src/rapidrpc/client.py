@@ -1,0 +1,226 @@
+"""``rapidrpc.Client``: the blocking, thread-safe client.
+
+    with rapidrpc.Client("127.0.0.1:8000", timeout=5) as client:
+        client.add(1, 2)                    # attribute proxy: calls "add"
+        client.calc.add(1, 2)               # dotted names: calls "calc.add"
+        client.call("add", 1, 2, timeout=0.5)
+        future = client.call_async("add", 1, 2)
+        client.notify("log", "hello")       # no reply
+
+Remote failures raise :class:`~rapidrpc.RemoteError` subclasses chosen by status code
+(``MethodNotFound``, ``InvalidParams``, ...); deadlines raise
+:class:`~rapidrpc.DeadlineExceeded`; a lost connection fails pending calls with
+:class:`~rapidrpc.ConnectionLost`.  The connection is opened on the first call and reopened
+on demand after a loss (a call is never re-sent: one that was in flight fails), after a
+goaway, when request ids run out, and in a forked child.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future
+from types import ModuleType, TracebackType
+from typing import Any
+
+from .transport.blocking import BlockingConnection, NotSent
+from .wire import constants as C
+
+__all__ = ["Client", "parse_address", "wire_modules"]
+
+
+def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
+    """``"host:port"``, ``"[v6addr]:port"`` or ``(host, port)`` -> ``(host, port)``."""
+    if isinstance(address, tuple):
+        host, port = address
+        return str(host), int(port)
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address must look like 'host:port', got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "127.0.0.1", int(port)
+
+
+def wire_modules(backend: str | None) -> tuple[ModuleType, ModuleType]:
+    """The (serializer, framing) implementation modules of *backend* (None: the active one)."""
+    from .wire import framing, serializer
+
+    if backend is None:
+        from . import _backend
+
+        backend = _backend.active()
+    try:
+        return serializer.IMPLEMENTATIONS[backend], framing.IMPLEMENTATIONS[backend]
+    except KeyError:
+        raise ValueError(
+            f"backend {backend!r} is not available (loaded: "
+            f"{', '.join(sorted(serializer.IMPLEMENTATIONS))}); build the extension or "
+            "use backend='python'"
+        ) from None
+
+
+class _MethodProxy:
+    """``client.name(...)`` calls the remote method ``name``; ``client.a.b(...)`` calls ``a.b``.
+
+    Keyword arguments all go to the remote method; use :meth:`Client.call` for a per-call
+    ``timeout``.
+    """
+
+    def __init__(self, client: Client, name: str) -> None:
+        self._client = client
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._client._invoke(self._name, args, kwargs, None)
+
+    def __getattr__(self, attr: str) -> _MethodProxy:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        proxy = _MethodProxy(self._client, f"{self._name}.{attr}")
+        self.__dict__[attr] = proxy  # cached: the next access is a plain attribute lookup
+        return proxy
+
+    def __repr__(self) -> str:
+        return f"<remote method {self._name!r} of {self._client!r}>"
+
+
+class Client:
+    """A blocking RPC client for one server address, safe to share between threads.
+
+    *timeout* is the default deadline of every call in seconds (None: no deadline).
+    *max_frame_size* caps the size of a reply this client accepts.  *keepalive* is how
+    long a waiting call tolerates a silent connection before pinging (and, after as long
+    again, declaring it lost).  *backend* picks the wire implementation (``"cython"`` or
+    ``"python"``; None: ``rapidrpc.BACKEND``).
+
+    Remote methods whose names clash with this class's own attributes (``call``,
+    ``close``, ...) are reached with :meth:`call`.
+    """
+
+    def __init__(
+        self,
+        address: str | tuple[str, int],
+        timeout: float | None = None,
+        *,
+        connect_timeout: float | None = 10.0,
+        max_frame_size: int = C.DEFAULT_MAX_FRAME_SIZE,
+        keepalive: float | None = 30.0,
+        backend: str | None = None,
+    ) -> None:
+        self.address = parse_address(address)
+        self.timeout = timeout
+        self._serializer, self._framing = wire_modules(backend)
+        self._conn_kw = {
+            "connect_timeout": connect_timeout,
+            "max_frame_size": max_frame_size,
+            "keepalive": keepalive,
+            "serializer": self._serializer,
+            "framing": self._framing,
+        }
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._conn: BlockingConnection | None = None
+        self._closed = False
+
+    # --- connection management --------------------------------------------------------------
+
+    def _connection(self) -> BlockingConnection:
+        conn = self._conn
+        if conn is not None and conn.fresh():
+            return conn
+        return self._reconnect()
+
+    def _reconnect(self) -> BlockingConnection:
+        if self._pid != os.getpid():
+            # Forked child: the parent's lock may be held by a thread that does not exist
+            # here, and its connection belongs to the parent. Start over.
+            self._lock = threading.Lock()
+            self._pid = os.getpid()
+            old, self._conn = self._conn, None
+            if old is not None:
+                old.close()  # only drops this process's copy of the descriptor
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the client is closed")
+            conn = self._conn
+            if conn is not None and conn.usable:
+                return conn
+            if conn is not None:
+                conn.retire()  # in-flight calls finish on it; it closes when idle
+            self._conn = None
+            self._conn = conn = BlockingConnection(*self.address, **self._conn_kw)
+            return conn
+
+    # --- calls ------------------------------------------------------------------------------
+
+    def _invoke(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        if timeout is None:
+            timeout = self.timeout
+        try:
+            return self._connection().call(name, args, kwargs or None, timeout)
+        except NotSent:
+            # The connection died before our request was queued: safe to use a new one.
+            return self._connection().call(name, args, kwargs or None, timeout)
+
+    def call(self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call remote method *name* and return its result.
+
+        *timeout* overrides the client's default deadline for this call.
+        """
+        return self._invoke(name, args, kwargs, timeout)
+
+    def call_async(
+        self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Future[Any]:
+        """Send a call and return a :class:`concurrent.futures.Future` of its result.
+
+        Many calls may be in flight on the one connection; replies complete their futures
+        in any order.  Cancelling the future cancels the call.
+        """
+        if timeout is None:
+            timeout = self.timeout
+        try:
+            return self._connection().call_async(name, args, kwargs or None, timeout)
+        except NotSent:
+            return self._connection().call_async(name, args, kwargs or None, timeout)
+
+    def notify(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Send a notification: the server runs *name* and sends no reply."""
+        try:
+            self._connection().notify(name, args, kwargs or None)
+        except NotSent:
+            self._connection().notify(name, args, kwargs or None)
+
+    def __getattr__(self, name: str) -> _MethodProxy:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        proxy = _MethodProxy(self, name)
+        self.__dict__[name] = proxy
+        return proxy
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection; calls still pending fail with ConnectionLost."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<rapidrpc.Client {self.address[0]}:{self.address[1]}>"

@@ -1,0 +1,340 @@
+"""Server semantics over real sockets: registration, errors, blocking handlers, deadlines,
+pipelining, out-of-order replies, shared clients, graceful stop.  Each test runs on both
+backends (server and client use the same one)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from rpc_helpers import wait_until
+
+import rapidrpc
+from rapidrpc import (
+    ConnectionLost,
+    DeadlineExceeded,
+    InvalidParams,
+    MethodNotFound,
+    RemoteError,
+    StatusCode,
+    Unavailable,
+)
+
+
+class Calc:
+    def add(self, a, b):
+        """Add."""
+        return a + b
+
+    def _secret(self):
+        return "hidden"
+
+
+def test_basic_calls_and_introspection(make_server, make_client) -> None:
+    server = make_server()
+
+    @server.export
+    def add(a, b):
+        """Add two numbers."""
+        return a + b
+
+    @server.export(name="text.upper")
+    def upper(s, *, suffix=""):
+        return s.upper() + suffix
+
+    server.register(len, name="length")
+    server.register_instance(Calc(), prefix="calc")
+    host, port = server.address
+    assert host == "127.0.0.1" and port > 0
+    client = make_client(f"{host}:{port}")
+    assert client.add(2, 3) == 5
+    assert client.text.upper("ab", suffix="!") == "AB!"
+    assert client.call("text.upper", "x") == "X"
+    assert client.calc.add(1.5, 2) == 3.5
+    assert client.length([1, 2, 3]) == 3
+    assert client.add("a", "b") == "ab"
+    assert client.add([1], [2]) == [1, 2]
+    assert client.add(b"\x00", b"\xff") == b"\x00\xff"
+    methods = {m["name"]: m for m in client.call("rpc.methods")}
+    assert methods["add"]["signature"] == "(a, b)" and methods["add"]["doc"] == "Add two numbers."
+    assert "calc.add" in methods and "calc._secret" not in methods
+
+
+def test_errors_keep_the_connection_usable(make_server, make_client) -> None:
+    """HOSTILE 23/24: unknown method, wrong arity, handler exceptions -> error replies."""
+    server = make_server()
+    server.register_instance(Calc(), prefix="calc")
+
+    @server.export
+    def boom(x):
+        raise KeyError(x)
+
+    @server.export
+    def deny():
+        raise Unavailable("not now", details={"retry_after": 1})
+
+    client = make_client(server)
+    with pytest.raises(MethodNotFound) as ei:
+        client.nope()
+    assert ei.value.code == StatusCode.UNIMPLEMENTED
+    with pytest.raises(AttributeError):
+        client.calc._secret  # noqa: B018 - private names never even build a proxy
+    with pytest.raises(MethodNotFound):
+        client.call("calc._secret")
+    with pytest.raises(InvalidParams):
+        client.calc.add(1)
+    with pytest.raises(InvalidParams):
+        client.calc.add(1, 2, c=3)
+    with pytest.raises(RemoteError) as ei:
+        client.boom("k")
+    assert (ei.value.code, ei.value.remote_type, ei.value.message) == (
+        StatusCode.UNKNOWN,
+        "KeyError",
+        "'k'",
+    )
+    with pytest.raises(Unavailable) as ei:
+        client.deny()
+    assert ei.value.details == {"retry_after": 1}
+    assert client.calc.add(1, 1) == 2  # the same connection still works
+    assert server.connection_count == 1
+
+
+def test_private_attribute_proxy_refused_locally(make_server, make_client) -> None:
+    client = make_client(make_server())
+    with pytest.raises(AttributeError):
+        client._private  # noqa: B018
+
+
+def test_unserializable_result_is_an_error_reply(make_server, make_client) -> None:
+    server = make_server()
+    server.register(lambda: object(), name="bad")
+    client = make_client(server)
+    with pytest.raises(RemoteError) as ei:
+        client.bad()
+    assert ei.value.code == StatusCode.INTERNAL
+
+
+def test_async_handlers_point_to_aio(make_server) -> None:
+    server = make_server(start=False)
+
+    async def coro():
+        return 1
+
+    with pytest.raises(TypeError, match=r"rapidrpc\.aio\.Server"):
+        server.register(coro)
+
+
+def test_workers_not_implemented_yet(backend_name) -> None:
+    with pytest.raises(NotImplementedError):
+        rapidrpc.Server(workers=2, backend=backend_name)
+
+
+def test_out_of_order_replies(make_server, make_client) -> None:
+    """A blocking handler and an inline one in flight together: the later one answers first."""
+    server = make_server()
+    release = threading.Event()
+
+    @server.export(blocking=True)
+    def wait_for_release():
+        assert release.wait(5)
+        return "slow"
+
+    @server.export
+    def fast():
+        return "fast"
+
+    client = make_client(server)
+    slow = client.call_async("wait_for_release")
+    assert client.fast() == "fast"
+    assert not slow.done()
+    release.set()
+    assert slow.result(5) == "slow"
+
+
+def test_ten_thousand_pipelined_calls(make_server, make_client) -> None:
+    server = make_server()
+    server.register(lambda a, b: a + b, name="add")
+    client = make_client(server)
+    futures = [client.call_async("add", i, 1) for i in range(10**4)]
+    assert [f.result(30) for f in futures] == [i + 1 for i in range(10**4)]
+
+
+def test_pipelined_blocking_calls_wait_for_inflight_slots(make_server, make_client) -> None:
+    """HOSTILE 5: beyond max_inflight, calls wait (client side) instead of being refused."""
+    server = make_server(max_inflight=4, threads=4)
+    server.register(lambda x: (time.sleep(0.001), x)[1], name="work", blocking=True)
+    client = make_client(server)
+    futures = [client.call_async("work", i) for i in range(200)]
+    assert [f.result(30) for f in futures] == list(range(200))
+
+
+def test_ten_threads_share_one_client(make_server, make_client) -> None:
+    server = make_server()
+    server.register(lambda a, b: (a, b), name="pair")
+    server.register(lambda x: (time.sleep(0.002), x)[1], name="slow", blocking=True)
+    client = make_client(server)
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(150):
+                assert client.pair(n, i) == [n, i]
+                if i % 30 == 0:
+                    assert client.slow(n * 1000 + i) == n * 1000 + i
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert server.stats["accepted"] == 1  # all ten threads used one connection
+
+
+def test_handler_sleeping_past_the_deadline(make_server, make_client) -> None:
+    """HOSTILE 27: DeadlineExceeded on time; the server goes on."""
+    server = make_server()
+    server.register(lambda t: (time.sleep(t), t)[1], name="sleep", blocking=True)
+    client = make_client(server)
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        client.call("sleep", 2.0, timeout=0.2)
+    assert time.monotonic() - start < 1.5
+    assert client.call("sleep", 0, timeout=5) == 0
+
+
+def test_client_default_timeout(make_server, make_client) -> None:
+    server = make_server()
+    server.register(lambda t: (time.sleep(t), t)[1], name="sleep", blocking=True)
+    client = make_client(server, timeout=0.2)
+    with pytest.raises(DeadlineExceeded):
+        client.sleep(2.0)
+    assert client.call("sleep", 0.3, timeout=3) == 0.3
+
+
+def test_expired_work_is_skipped(make_server, make_client) -> None:
+    """A call whose deadline passed while it queued behind others never runs."""
+    server = make_server(threads=1)
+    ran: list[str] = []
+    gate = threading.Event()
+
+    @server.export(blocking=True)
+    def hold():
+        gate.wait(5)
+        return "held"
+
+    @server.export(blocking=True)
+    def work(tag):
+        ran.append(tag)
+        return tag
+
+    client = make_client(server)
+    held = client.call_async("hold")
+    with pytest.raises(DeadlineExceeded):
+        client.call("work", "late", timeout=0.2)
+    gate.set()
+    assert held.result(5) == "held"
+    assert client.work("now") == "now"
+    assert ran == ["now"]
+
+
+def test_blocking_handler_does_not_stall_others(make_server, make_client) -> None:
+    server = make_server()
+    gate = threading.Event()
+    server.register(lambda: gate.wait(5), name="block", blocking=True)
+    server.register(lambda: "pong", name="ping")
+    blocked = make_client(server).call_async("block")
+    other = make_client(server)
+    assert [other.ping() for _ in range(20)] == ["pong"] * 20
+    gate.set()
+    assert blocked.result(5) is True
+
+
+def test_notifications(make_server, make_client) -> None:
+    server = make_server()
+    seen: list[object] = []
+    server.register(lambda *a, **k: seen.append((a, k)), name="log")
+    server.register(lambda: 1 / 0, name="fail")
+    client = make_client(server)
+    client.notify("log", 1, x=2)
+    client.notify("fail")  # a failing notification is dropped silently
+    client.notify("missing")
+    assert client.call("rpc.methods")  # a round trip orders us after the notifications
+    assert seen == [((1,), {"x": 2})]
+
+
+def test_large_payload_roundtrip(make_server, make_client) -> None:
+    server = make_server()
+    server.register(lambda b: b, name="echo")
+    client = make_client(server)
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    assert client.echo(blob) == blob
+    futures = [client.call_async("echo", blob) for _ in range(8)]
+    assert all(f.result(30) == blob for f in futures)
+
+
+def test_message_size_limits_both_ways(make_server, make_client) -> None:
+    server = make_server(max_frame_size=64 * 1024)
+    server.register(lambda n: b"x" * n, name="make")
+    server.register(lambda b: len(b), name="size")
+    client = make_client(server, max_frame_size=32 * 1024)
+    with pytest.raises(rapidrpc.ResourceExhausted, match="max_frame_size=65536"):
+        client.size(b"x" * 100_000)  # refused before sending
+    with pytest.raises(rapidrpc.ResourceExhausted, match="max_frame_size=32768"):
+        client.make(40_000)  # the server knows the client's limit and refuses to send
+    assert client.make(10) == b"x" * 10
+
+
+def test_graceful_stop_finishes_inflight_calls(make_server, make_client) -> None:
+    """HOSTILE 32: stop accepting, goaway, in-flight calls finish within the grace period."""
+    server = make_server()
+    started = threading.Event()
+
+    @server.export(blocking=True)
+    def slow():
+        started.set()
+        time.sleep(0.3)
+        return "done"
+
+    client = make_client(server)
+    future = client.call_async("slow")
+    assert started.wait(5)
+    t0 = time.monotonic()
+    server.stop(grace=5)
+    assert time.monotonic() - t0 < 3
+    assert future.result(1) == "done"  # the accepted call was not lost
+    with pytest.raises(ConnectionLost):  # nobody listens anymore
+        client.slow()
+
+
+def test_stop_after_grace_fails_calls_promptly(make_server, make_client) -> None:
+    server = make_server()
+    server.register(lambda: time.sleep(1.0), name="forever", blocking=True)
+    client = make_client(server)
+    future = client.call_async("forever")
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    server.stop(grace=0.2)
+    with pytest.raises(ConnectionLost):
+        future.result(5)
+    assert time.monotonic() - t0 < 0.9
+
+
+def test_context_manager_and_restart_refused(backend_name) -> None:
+    with rapidrpc.Server(backend=backend_name) as server:
+        server.register(lambda: 1, name="one")
+        server.start()
+        with rapidrpc.Client(server.address, backend=backend_name) as client:
+            assert client.one() == 1
+        with pytest.raises(RuntimeError):
+            server.start()
+    assert wait_until(lambda: server.connection_count == 0)
+
+
+def test_stop_before_start_releases_the_socket(backend_name) -> None:
+    server = rapidrpc.Server(backend=backend_name)
+    server.stop()
+    server.stop()  # idempotent
