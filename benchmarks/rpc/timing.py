@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from .stats import Batch
 
 BATCH_TIMEOUT_S = 120.0  # no batch may run longer, whatever the system does
+CALL_TIMEOUT_S = 30.0  # every client call carries this timeout (the slowest call takes ~0.1 s)
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from ..affinity import Placement
 from ..cbuild import BuildDir, BuildUnavailable, compiler_command, load_wire_constants
 from ..proc import LIFETIME_S, ServerProcess, read_json_line
 from ..stats import Batch
-from ..timing import BATCH_TIMEOUT_S
+from ..timing import BATCH_TIMEOUT_S, CALL_TIMEOUT_S
 from ..workloads import Workload
 from .base import System, Unsupported, check_result
 
@@ -76,7 +76,7 @@ class CReference(System):
                 "-p",
                 str(self.server.port),
                 "-T",
-                str(int(BATCH_TIMEOUT_S)),
+                str(int(CALL_TIMEOUT_S)),
                 "-l",
                 "-i",
                 *self._cpu_args(self.placement.client_cpu),

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..affinity import Placement
 from ..proc import announce, exit_when_released, wait_for_release
-from ..timing import BATCH_TIMEOUT_S, FutureLike
+from ..timing import CALL_TIMEOUT_S, FutureLike
 from .base import AsyncSystem, SyncSystem
 
 SERVICE = "bench.Bench"
@@ -116,13 +116,13 @@ class GrpcSync(SyncSystem):
         self._stop_server()
 
     def add_fn(self) -> Callable[[], object]:
-        return functools.partial(self._add, (1, 2), timeout=BATCH_TIMEOUT_S)
+        return functools.partial(self._add, (1, 2), timeout=CALL_TIMEOUT_S)
 
     def echo_fn(self, data: bytes) -> Callable[[], object]:
-        return functools.partial(self._echo, data, timeout=BATCH_TIMEOUT_S)
+        return functools.partial(self._echo, data, timeout=CALL_TIMEOUT_S)
 
     def submit_add(self) -> FutureLike:
-        return self._add.future((1, 2), timeout=BATCH_TIMEOUT_S)
+        return self._add.future((1, 2), timeout=CALL_TIMEOUT_S)
 
 
 class GrpcAio(AsyncSystem):
@@ -172,7 +172,7 @@ class GrpcAio(AsyncSystem):
             self.channel = None
 
     async def add(self) -> object:
-        return await self._add((1, 2), timeout=BATCH_TIMEOUT_S)
+        return await self._add((1, 2), timeout=CALL_TIMEOUT_S)
 
     async def echo_async(self, data: bytes) -> object:
-        return await self._echo(data, timeout=BATCH_TIMEOUT_S)
+        return await self._echo(data, timeout=CALL_TIMEOUT_S)

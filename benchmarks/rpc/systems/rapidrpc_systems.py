@@ -26,7 +26,7 @@ from ..proc import (
     python_server_command,
     wait_for_release,
 )
-from ..timing import BATCH_TIMEOUT_S, FutureLike
+from ..timing import CALL_TIMEOUT_S, FutureLike
 from .base import AsyncSystem, SyncSystem, loop_name, new_event_loop
 
 NOT_YET = "rapidrpc.Server not available yet"
@@ -106,7 +106,7 @@ class RapidrpcCython(SyncSystem):
 
         self.start_server()
         assert self.server is not None
-        kwargs: dict[str, Any] = {"timeout": BATCH_TIMEOUT_S}
+        kwargs: dict[str, Any] = {"timeout": CALL_TIMEOUT_S}
         if "backend" in inspect.signature(rapidrpc.Client).parameters:
             kwargs["backend"] = self.backend
         self.client = rapidrpc.Client(f"127.0.0.1:{self.server.port}", **kwargs)

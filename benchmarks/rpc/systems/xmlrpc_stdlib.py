@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from ..affinity import Placement
 from ..proc import announce, exit_when_released
-from ..timing import BATCH_TIMEOUT_S
+from ..timing import CALL_TIMEOUT_S
 from .base import SyncSystem
 
 
@@ -18,7 +18,7 @@ class _BoundedTransport(xmlrpc.client.Transport):
 
     def make_connection(self, host: object) -> http.client.HTTPConnection:
         conn = super().make_connection(host)  # type: ignore[arg-type]
-        conn.timeout = BATCH_TIMEOUT_S
+        conn.timeout = CALL_TIMEOUT_S
         return conn
 
 
