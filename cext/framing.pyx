@@ -25,8 +25,8 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcpy
 
 from rapidrpc.errors import FrameError
 
@@ -56,6 +56,15 @@ from rapidrpc.wire.constants import (
     PROTOCOL_VERSION,
     ZERO_COPY_MIN_BODY,
 )
+
+cdef extern from *:
+    """
+    #ifndef RAPIDRPC_DEBUG
+    #define RAPIDRPC_DEBUG 0
+    #endif
+    """
+    # setup.py defines it (RAPIDRPC_DEBUG=1 builds): invariant checks, compiled out otherwise.
+    const int RAPIDRPC_DEBUG
 
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
@@ -296,7 +305,9 @@ cdef class FrameParser:
     ``feed(data)`` accepts any C-contiguous bytes-like object, split anywhere, and returns
     every frame it completes, in order.  With ``expect_preface`` the stream must start with
     the connection preface.  Any violation raises :class:`rapidrpc.FrameError` naming the
-    stream offset; the parser then stays unusable (every later ``feed`` raises again).
+    stream offset; the parser then stays unusable (every later ``feed`` raises again) and
+    frames completed earlier in that same call are dropped: the connection is to be closed.
+    One parser per connection and direction; it is not meant to be shared between threads.
 
     Body types: a body lying entirely inside one fed ``bytes`` object and at least
     ``ZERO_COPY_MIN_BODY`` bytes long is a read-only ``memoryview`` slice of that object (no
@@ -521,6 +532,8 @@ cdef class FrameParser:
             for piece in self._parts:
                 memcpy(out, PyBytes_AS_STRING(piece), PyBytes_GET_SIZE(piece))
                 out += PyBytes_GET_SIZE(piece)
+            if RAPIDRPC_DEBUG and out + need != PyBytes_AS_STRING(body) + length:
+                raise AssertionError("framing: body pieces do not add up to the body length")
             memcpy(out, p + pos, need)
             self._parts = []
             self._have = 0

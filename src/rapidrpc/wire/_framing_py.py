@@ -182,7 +182,9 @@ class FrameParser:
     ``feed(data)`` accepts any C-contiguous bytes-like object, split anywhere, and returns
     every frame it completes, in order.  With ``expect_preface`` the stream must start with
     the connection preface.  Any violation raises :class:`rapidrpc.FrameError` naming the
-    stream offset; the parser then stays unusable (every later ``feed`` raises again).
+    stream offset; the parser then stays unusable (every later ``feed`` raises again) and
+    frames completed earlier in that same call are dropped: the connection is to be closed.
+    One parser per connection and direction; it is not meant to be shared between threads.
 
     Body types: a body lying entirely inside one fed ``bytes`` object and at least
     ``ZERO_COPY_MIN_BODY`` bytes long is a read-only ``memoryview`` slice of that object (no
