@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from types import ModuleType, TracebackType
 from typing import Any
 
+from .core.protocol import NotProcessed
 from .transport.blocking import BlockingConnection, NotSent
 from .wire import constants as C
 
@@ -161,8 +162,9 @@ class Client:
             timeout = self.timeout
         try:
             return self._connection().call(name, args, kwargs or None, timeout)
-        except NotSent:
-            # The connection died before our request was queued: safe to use a new one.
+        except (NotSent, NotProcessed):
+            # Nothing ran: the connection died before our request was queued, or the
+            # server's goaway says it never processed it.  Safe to try a new connection.
             return self._connection().call(name, args, kwargs or None, timeout)
 
     def call(self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rapidrpc.core.protocol import ClientConnection, ServerConnection
+from rapidrpc.core.protocol import ClientConnection, NotProcessed, ServerConnection
 from rapidrpc.errors import (
     InvalidParams,
     MethodNotFound,
@@ -52,10 +52,15 @@ def connect(backend: Any, server_kw: dict | None = None, client_kw: dict | None 
     client = ClientConnection(**wire(backend), **(client_kw or {}))
     server = ServerConnection(**wire(backend), **(server_kw or {}))
     client.initiate()
-    assert server.receive_data(client.data_to_send()) == []
+    assert feed(server, client.data_to_send()) == []
     assert client.receive_data(server.data_to_send()) == []
     assert client.handshake_complete and server.handshake_complete
     return client, server
+
+
+def feed(server: ServerConnection, data: bytes) -> list[tuple[Any, ...]]:
+    """Every event *data* completes, taken without handling any (like one greedy driver)."""
+    return list(server.receive_data(data))
 
 
 def raw_frames(backend: Any, *frames: tuple) -> bytes:
@@ -91,9 +96,9 @@ def test_handshake_announces_settings(backend) -> None:
 
 def test_server_stays_silent_until_the_client_preface(backend) -> None:
     server = ServerConnection(**wire(backend))
-    assert server.receive_data(C.PREFACE[:5]) == []
+    assert feed(server, C.PREFACE[:5]) == []
     assert server.data_to_send() == b""
-    server.receive_data(C.PREFACE[5:])
+    feed(server, C.PREFACE[5:])
     assert server.data_to_send().startswith(C.PREFACE)
 
 
@@ -104,9 +109,9 @@ def test_client_holds_calls_until_server_settings(backend) -> None:
     rid = client.send_request("add", [1, 2])
     assert rid == 1 and client.data_to_send() == b""  # held: limit not known yet
     server = ServerConnection(**wire(backend))
-    server.receive_data(handshake)
+    feed(server, handshake)
     client.receive_data(server.data_to_send())
-    events = server.receive_data(client.data_to_send())
+    events = feed(server, client.data_to_send())
     assert [e[:5] for e in events] == [(REQ, 1, "add", [1, 2], None)]
 
 
@@ -124,14 +129,14 @@ def test_identical_bytes_on_both_backends() -> None:
         client, server, out = ClientConnection(**kw), ServerConnection(**kw), []
         client.initiate()
         out.append(client.data_to_send())
-        server.receive_data(out[-1])
+        feed(server, out[-1])
         out.append(server.data_to_send())
         client.receive_data(out[-1])
         client.send_request("calc.add", (1, 2.5), {"c": "é"}, timeout=1.5)
         client.send_request("echo", [b"x" * 70000])
         client.send_notification("log", ["hi"])
         out.append(client.data_to_send())
-        for event in server.receive_data(out[-1]):
+        for event in feed(server, out[-1]):
             if event[0] == REQ and event[1] == 1:
                 server.send_response(1, {"sum": 3.5, "list": [None, True]})
             elif event[0] == REQ:
@@ -154,7 +159,7 @@ def test_request_response_roundtrip(backend) -> None:
     client, server = connect(backend)
     token = object()
     rid = client.send_request("add", (1, 2), token=token)
-    events = server.receive_data(client.data_to_send())
+    events = feed(server, client.data_to_send())
     assert events == [(REQ, rid, "add", [1, 2], None, None, None)]
     assert server.inflight == 1
     server.send_response(rid, 3)
@@ -167,7 +172,7 @@ def test_kwargs_meta_and_deadline(backend) -> None:
     clock = Clock()
     client, server = connect(backend, server_kw={"clock": clock})
     client.send_request("f", [], {"x": 1}, timeout=2.5, meta={"trace": "t-1", "auth": [1]})
-    [event] = server.receive_data(client.data_to_send())
+    [event] = feed(server, client.data_to_send())
     assert event[:5] == (REQ, 1, "f", [], {"x": 1})
     assert event[5] == clock.now + 2.5
     assert event[6] == {"trace": "t-1", "auth": [1], "timeout": 2.5}
@@ -176,7 +181,7 @@ def test_kwargs_meta_and_deadline(backend) -> None:
 def test_out_of_order_replies_routed_by_id(backend) -> None:
     client, server = connect(backend)
     rids = [client.send_request("f", [i], token=f"t{i}") for i in range(5)]
-    server.receive_data(client.data_to_send())
+    feed(server, client.data_to_send())
     for rid in reversed(rids):
         server.send_response(rid, rid * 10)
     events = client.receive_data(server.data_to_send())
@@ -190,7 +195,7 @@ def test_error_reply_becomes_remote_error_subclass(backend) -> None:
     a = client.send_request("nope", [])
     b = client.send_request("boom", [])
     c = client.send_request("other", [])
-    server.receive_data(client.data_to_send())
+    feed(server, client.data_to_send())
     server.send_exception(a, MethodNotFound("method 'nope' not found"))
     server.send_exception(b, ZeroDivisionError("division by zero"))
     server.send_error(c, 77, "custom", "MyError", {"why": [1, 2]})
@@ -210,7 +215,7 @@ def test_error_reply_becomes_remote_error_subclass(backend) -> None:
 def test_unserializable_details_still_reply(backend) -> None:
     client, server = connect(backend)
     rid = client.send_request("f", [])
-    server.receive_data(client.data_to_send())
+    feed(server, client.data_to_send())
     server.send_error(rid, StatusCode.UNKNOWN, "bad", "X", details=object())
     [(kind, _, _, exc)] = client.receive_data(server.data_to_send())
     assert kind == ERR and exc.message == "bad" and exc.details is None
@@ -219,7 +224,7 @@ def test_unserializable_details_still_reply(backend) -> None:
 def test_unserializable_result_is_an_internal_error(backend) -> None:
     client, server = connect(backend)
     rid = client.send_request("f", [])
-    server.receive_data(client.data_to_send())
+    feed(server, client.data_to_send())
     server.send_response(rid, object())
     [(kind, _, _, exc)] = client.receive_data(server.data_to_send())
     assert kind == ERR and exc.code == StatusCode.INTERNAL
@@ -237,7 +242,7 @@ def test_notifications(backend) -> None:
     client, server = connect(backend, server_kw={"max_inflight": 2})
     for i in range(3):
         client.send_notification("log", [i], {"level": 1} if i else None)
-    events = server.receive_data(client.data_to_send())
+    events = feed(server, client.data_to_send())
     assert [e[:5] for e in events] == [
         (NOTE, 0, "log", [0], None),
         (NOTE, 0, "log", [1], {"level": 1}),
@@ -255,7 +260,7 @@ def test_large_bodies_travel_as_separate_chunks(backend) -> None:
     rid = client.send_request("echo", [blob])
     chunks = client.take_output()
     assert len(chunks) == 2 and len(chunks[0]) == C.HEADER_SIZE
-    [event] = server.receive_data(b"".join(chunks))
+    [event] = feed(server, b"".join(chunks))
     server.send_response(rid, event[3][0])
     assert server.output_size == C.HEADER_SIZE + 5 + len(blob)  # bin32: 5-byte header
     [reply] = client.receive_data(server.data_to_send())
@@ -280,18 +285,18 @@ def test_large_bodies_travel_as_separate_chunks(backend) -> None:
 def test_malformed_envelope_error_reply(backend, envelope) -> None:
     _, server = connect(backend)
     bad = request_body(backend, *envelope)
-    assert server.receive_data(raw_frames(backend, (REQ, 1, bad))) == []
+    assert feed(server, raw_frames(backend, (REQ, 1, bad))) == []
     [(rid, (code, message, _, _))] = error_replies(backend, server)
     assert rid == 1 and code == StatusCode.INVALID_ARGUMENT and message
     assert server.inflight == 0
     good = request_body(backend, "ok", [])
-    assert server.receive_data(raw_frames(backend, (REQ, 2, good)))[0][:3] == (REQ, 2, "ok")
+    assert feed(server, raw_frames(backend, (REQ, 2, good)))[0][:3] == (REQ, 2, "ok")
 
 
 def test_non_list_envelope(backend) -> None:
     _, server = connect(backend)
     body = backend.serializer.dumps({"method": "m"})
-    assert server.receive_data(raw_frames(backend, (REQ, 1, body))) == []
+    assert feed(server, raw_frames(backend, (REQ, 1, body))) == []
     assert error_replies(backend, server)[0][1][0] == StatusCode.INVALID_ARGUMENT
 
 
@@ -301,7 +306,7 @@ def test_non_list_envelope(backend) -> None:
 def test_unknown_and_duplicate_reply_ids_dropped(backend) -> None:
     client, server = connect(backend)
     rid = client.send_request("f", [], token="mine")
-    server.receive_data(client.data_to_send())
+    feed(server, client.data_to_send())
     dumps = backend.serializer.dumps
     replies = raw_frames(
         backend,
@@ -317,10 +322,10 @@ def test_unknown_and_duplicate_reply_ids_dropped(backend) -> None:
 def test_late_reply_after_cancel_is_dropped(backend) -> None:
     client, server = connect(backend)
     rid = client.send_request("slow", [], token="t")
-    server.receive_data(client.data_to_send())
+    feed(server, client.data_to_send())
     assert client.cancel(rid) == "t"
     assert client.cancel(rid) is None
-    [event] = server.receive_data(client.data_to_send())
+    [event] = feed(server, client.data_to_send())
     assert event == (CANCEL, rid)
     assert server.is_cancelled(rid)
     # A reply the server had already sent arrives late: dropped, not misrouted.
@@ -347,35 +352,50 @@ def test_request_id_exhaustion(backend) -> None:
 def test_inflight_limit_and_rapid_cancel(backend) -> None:
     _, server = connect(backend, server_kw={"max_inflight": 2})
     req = request_body(backend, "slow", [])
-    events = server.receive_data(raw_frames(backend, (REQ, 1, req), (REQ, 2, req), (REQ, 3, req)))
+    events = feed(server, raw_frames(backend, (REQ, 1, req), (REQ, 2, req), (REQ, 3, req)))
     assert [e[1] for e in events] == [1, 2]
     [(rid, (code, _, _, _))] = error_replies(backend, server)
     assert (rid, code) == (3, StatusCode.RESOURCE_EXHAUSTED)
     # Cancel-then-resend: the cancelled call still occupies its slot.
-    events = server.receive_data(raw_frames(backend, (CANCEL, 1, b"\xc0"), (REQ, 4, req)))
+    events = feed(server, raw_frames(backend, (CANCEL, 1, b"\xc0"), (REQ, 4, req)))
     assert events == [(CANCEL, 1)]
     [(rid, (code, message, _, _))] = error_replies(backend, server)
     assert (rid, code) == (4, StatusCode.RESOURCE_EXHAUSTED) and "max_inflight=2" in message
     assert server.inflight == 2
     server.send_response(1, "ignored")  # the cancelled handler ends: no reply, slot freed
     assert server.data_to_send() == b"" and server.inflight == 1
-    assert server.receive_data(raw_frames(backend, (REQ, 5, req)))[0][1] == 5
+    assert feed(server, raw_frames(backend, (REQ, 5, req)))[0][1] == 5
+
+
+def test_pipelined_calls_handled_inline_are_never_refused(backend) -> None:
+    """HOSTILE 5: the limit counts running handlers, not frames that arrived together."""
+    _, server = connect(backend, server_kw={"max_inflight": 2})
+    req = request_body(backend, "f", [])
+    data = raw_frames(backend, *[(REQ, rid, req) for rid in range(1, 51)])
+    handled = []
+    for event in server.receive_data(data):  # a driver answering each call before the next
+        handled.append(event[1])
+        server.send_response(event[1], "ok")
+    assert handled == list(range(1, 51))
+    parser = backend.framing.FrameParser(expect_preface=False)
+    replies = parser.feed(server.data_to_send())
+    assert [(f.kind, f.request_id) for f in replies] == [(RESP, rid) for rid in range(1, 51)]
 
 
 def test_client_holds_calls_beyond_server_limit(backend) -> None:
     client, server = connect(backend, server_kw={"max_inflight": 2})
     rids = [client.send_request("f", [i], token=i) for i in range(5)]
-    events = server.receive_data(client.data_to_send())
+    events = feed(server, client.data_to_send())
     assert [e[1] for e in events] == rids[:2]
     assert client.cancel(rids[3]) == 3  # a held call: forgotten, no cancel frame needed
     assert client.data_to_send() == b""
     server.send_response(rids[0], "a")
     client.receive_data(server.data_to_send())
-    events = server.receive_data(client.data_to_send())
+    events = feed(server, client.data_to_send())
     assert [e[1] for e in events] == [rids[2]]
     server.send_response(rids[1], "b")
     client.receive_data(server.data_to_send())
-    events = server.receive_data(client.data_to_send())
+    events = feed(server, client.data_to_send())
     assert [e[1] for e in events] == [rids[4]]
     assert client.pending == 2
 
@@ -387,7 +407,7 @@ def test_client_holds_calls_beyond_server_limit(backend) -> None:
 def test_expired_deadline_answered_without_dispatch(backend, timeout) -> None:
     _, server = connect(backend)
     body = request_body(backend, "f", [], None, {"timeout": timeout})
-    assert server.receive_data(raw_frames(backend, (REQ, 1, body))) == []
+    assert feed(server, raw_frames(backend, (REQ, 1, body))) == []
     [(rid, (code, _, _, _))] = error_replies(backend, server)
     assert (rid, code) == (1, StatusCode.DEADLINE_EXCEEDED)
     assert server.inflight == 0
@@ -401,10 +421,10 @@ def test_ping_pong(backend) -> None:
     value = server.send_ping()
     assert server.ping_outstanding == value
     assert client.receive_data(server.data_to_send()) == []
-    assert server.receive_data(client.data_to_send()) == [(C.KIND_PONG, value)]
+    assert feed(server, client.data_to_send()) == [(C.KIND_PONG, value)]
     assert server.ping_outstanding is None
     value = client.send_ping()
-    assert server.receive_data(client.data_to_send()) == []
+    assert feed(server, client.data_to_send()) == []
     assert client.receive_data(server.data_to_send()) == [(C.KIND_PONG, value)]
     assert client.ping_outstanding is None
 
@@ -414,17 +434,18 @@ def test_goaway_fails_unprocessed_calls(backend) -> None:
     rids = [client.send_request("f", []) for _ in range(3)]
     out = client.take_output()
     assert len(out) == 3
-    server.receive_data(out[0] + out[1])  # the server has seen calls 1 and 2
+    feed(server, out[0] + out[1])  # the server has seen calls 1 and 2
     server.send_goaway(StatusCode.OK, "shutting down")
     server.send_goaway()  # a second goaway is a no-op
-    assert server.receive_data(out[2]) == []  # call 3 raced the goaway: refused
+    assert feed(server, out[2]) == []  # call 3 raced the goaway: refused
     frames = backend.framing.FrameParser(expect_preface=False).feed(server.data_to_send())
     assert [(f.kind, f.request_id) for f in frames] == [(C.KIND_GOAWAY, 0), (ERR, 3)]
     assert backend.serializer.loads(frames[1].body)[0] == StatusCode.UNAVAILABLE
     # The client learns calls above 2 were never processed, before any reply arrives.
     events = client.receive_data(backend.framing.encode_frames(frames[:1]))
     assert events[0] == (C.KIND_GOAWAY, 2, StatusCode.OK, "shutting down")
-    assert [(e[0], e[1], type(e[3])) for e in events[1:]] == [(ERR, 3, Unavailable)]
+    assert [(e[0], e[1], type(e[3])) for e in events[1:]] == [(ERR, 3, NotProcessed)]
+    assert isinstance(events[1][3], Unavailable)
     assert client.goaway_received == (2, StatusCode.OK, "shutting down")
     assert rids == [1, 2, 3] and client.pending == 2
     # The refusal for call 3 that follows is then a dropped (unknown-id) reply.
@@ -438,7 +459,7 @@ def test_goaway_fails_unprocessed_calls(backend) -> None:
 def test_reply_larger_than_client_limit(backend) -> None:
     client, server = connect(backend, client_kw={"max_frame_size": 1000})
     rid = client.send_request("big", [])
-    server.receive_data(client.data_to_send())
+    feed(server, client.data_to_send())
     server.send_response(rid, b"x" * 5000)  # the server knows the client's limit
     [(_, _, _, exc)] = client.receive_data(server.data_to_send())
     assert isinstance(exc, ResourceExhausted) and "max_frame_size=1000" in exc.message
@@ -497,10 +518,10 @@ HEADER = C.HEADER_SIZE
 def test_garbage_instead_of_preface(backend, data) -> None:
     server = ServerConnection(**wire(backend))
     with pytest.raises(ProtocolError):
-        server.receive_data(data)
+        feed(server, data)
     assert server.data_to_send() == b""  # nothing native to say to a non-native peer
     with pytest.raises(ProtocolError):
-        server.receive_data(b"more")
+        feed(server, b"more")
 
 
 def _header(length: int, kind: int, flags: int = 0, reserved: int = 0, rid: int = 1) -> bytes:
@@ -532,36 +553,36 @@ def _header(length: int, kind: int, flags: int = 0, reserved: int = 0, rid: int 
 def test_violations_after_handshake_are_protocol_errors(backend, data) -> None:
     server = _server_after_handshake(backend)
     with pytest.raises(ProtocolError) as ei:
-        server.receive_data(data)
+        feed(server, data)
     assert server.error is ei.value
     goaway = backend.framing.FrameParser(expect_preface=False).feed(server.data_to_send())
     assert [f.kind for f in goaway] == [C.KIND_GOAWAY]
     code = backend.serializer.loads(goaway[0].body)[1]
     assert code == StatusCode.INTERNAL
     with pytest.raises(ProtocolError):  # poisoned: no silent resync
-        server.receive_data(b"")
+        feed(server, b"")
 
 
 def test_duplicate_inflight_request_id(backend) -> None:
     server = _server_after_handshake(backend)
     req = request_body(backend, "f", [])
-    server.receive_data(raw_frames(backend, (REQ, 7, req)))
+    feed(server, raw_frames(backend, (REQ, 7, req)))
     with pytest.raises(ProtocolError, match="reused"):
-        server.receive_data(raw_frames(backend, (REQ, 7, req)))
+        feed(server, raw_frames(backend, (REQ, 7, req)))
 
 
 def test_first_frame_must_be_settings(backend) -> None:
     server = ServerConnection(**wire(backend))
     data = C.PREFACE + raw_frames(backend, (REQ, 1, request_body(backend, "f", [])))
     with pytest.raises(ProtocolError, match="settings"):
-        server.receive_data(data)
+        feed(server, data)
 
 
 def test_huge_length_rejected_from_the_header(backend) -> None:
     """HOSTILE 1: refused before any body byte arrives (no allocation of the declared size)."""
     server = _server_after_handshake(backend)
     with pytest.raises(ProtocolError, match=str(C.DEFAULT_MAX_FRAME_SIZE)):
-        server.receive_data(_header(C.DEFAULT_MAX_FRAME_SIZE + 1, REQ))
+        feed(server, _header(C.DEFAULT_MAX_FRAME_SIZE + 1, REQ))
 
 
 def test_partial_frame_held_without_events(backend) -> None:
@@ -569,7 +590,7 @@ def test_partial_frame_held_without_events(backend) -> None:
     client, server = connect(backend)
     client.send_request("f", [b"x" * 100])
     data = client.data_to_send()
-    assert server.receive_data(data[:-1]) == []
+    assert feed(server, data[:-1]) == []
     assert server.buffered == len(data) - 1 and server.inflight == 0
 
 
@@ -581,23 +602,23 @@ def test_every_split_point_gives_the_same_events(backend) -> None:
     client.initiate()
     stream = client.data_to_send()
     probe = ServerConnection(**wire(backend))
-    probe.receive_data(stream)
+    feed(probe, stream)
     client.receive_data(probe.data_to_send())
     client.send_request("a", [1], {"k": "v"}, timeout=5.0)
     client.send_notification("n", ["x" * 40])
     client.cancel(client.send_request("b", [[1, 2], {"z": None}]))
     stream += client.data_to_send()
     clock = Clock()
-    expected = ServerConnection(**wire(backend), clock=clock).receive_data(stream)
+    expected = feed(ServerConnection(**wire(backend), clock=clock), stream)
     assert [e[0] for e in expected] == [REQ, NOTE, REQ, CANCEL]
     for cut in range(1, len(stream)):
         server = ServerConnection(**wire(backend), clock=clock)
-        events = server.receive_data(stream[:cut]) + server.receive_data(stream[cut:])
+        events = feed(server, stream[:cut]) + feed(server, stream[cut:])
         assert events == expected, cut
     server = ServerConnection(**wire(backend), clock=clock)
     events = []
     for i in range(len(stream)):
-        events += server.receive_data(stream[i : i + 1])
+        events += feed(server, stream[i : i + 1])
     assert events == expected
 
 
@@ -606,7 +627,7 @@ def test_ten_thousand_pipelined_requests_in_one_read(backend) -> None:
     client, server = connect(backend, server_kw={"max_inflight": n})
     for i in range(n):
         client.send_request("add", (i, 1))
-    events = server.receive_data(client.data_to_send())
+    events = feed(server, client.data_to_send())
     assert [e[1] for e in events] == list(range(1, n + 1))
     for e in events:
         server.send_response(e[1], e[3][0] + e[3][1])

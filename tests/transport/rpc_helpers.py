@@ -93,6 +93,7 @@ class ScriptedServer:
         self.script = script
         self.events: list[Any] = []  # every protocol event the scripted server received
         self.connections = 0
+        self.current: socket.socket | None = None
         self.stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scripted-server", daemon=True)
         self._thread.start()
@@ -104,6 +105,7 @@ class ScriptedServer:
             except OSError:
                 return
             self.connections += 1
+            self.current = sock
             with sock:
                 proto = ServerConnection(**wire_of(self.backend_name))
                 try:
@@ -140,7 +142,13 @@ class ScriptedServer:
                 sock.sendall(out)
 
     def close(self) -> None:
-        """Stop accepting and wait for the script thread."""
+        """Stop accepting and wait for the script thread (shutdown wakes blocked calls)."""
         self.stopping.set()
-        self.listener.close()
+        for sock in (self.listener, self.current):
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         self._thread.join(10)
+        self.listener.close()

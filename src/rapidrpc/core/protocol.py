@@ -9,7 +9,8 @@ and none re-implements them.
 Events are plain tuples whose first element is the frame kind they came from (the
 ``KIND_*`` numbers of :mod:`rapidrpc.wire.constants`): no per-call objects on the hot path.
 
-Server events (:meth:`ServerConnection.receive_data`)::
+Server events (:meth:`ServerConnection.receive_data`, an iterator: handle each event before
+taking the next, so the in-flight limit sees inline handlers finish)::
 
     (KIND_REQUEST, request_id, method, args, kwargs, deadline, meta)
     (KIND_NOTIFICATION, 0, method, args, kwargs, deadline, meta)
@@ -35,7 +36,7 @@ error: it gets an ``INVALID_ARGUMENT`` error reply and the connection stays usab
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -51,7 +52,7 @@ from ..errors import (
 from ..wire import constants as C
 from .dispatch import error_info
 
-__all__ = ["ClientConnection", "Connection", "ServerConnection"]
+__all__ = ["ClientConnection", "Connection", "NotProcessed", "ServerConnection"]
 
 KIND_REQUEST = C.KIND_REQUEST
 KIND_RESPONSE = C.KIND_RESPONSE
@@ -70,6 +71,10 @@ _REPLY_KINDS = frozenset((KIND_RESPONSE, KIND_ERROR))
 DEFAULT_MAX_INFLIGHT = 100
 _MISSING = object()
 _NIL = b"\xc0"  # MessagePack nil: the body of a cancel frame
+
+
+class NotProcessed(Unavailable):
+    """The server's goaway says this call was never processed: retrying it is safe."""
 
 
 def _is_uint(value: object) -> bool:
@@ -327,12 +332,22 @@ class ServerConnection(Connection):
         """True when the client cancelled this still-running call."""
         return self._inflight.get(request_id, False)
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[tuple[Any, ...]]:
-        """Feed received bytes; return the events they complete (see the module doc)."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> Iterator[tuple[Any, ...]]:
+        """Feed received bytes; return an iterator over the events they complete.
+
+        Events are produced lazily, one frame at a time: handle each event before taking
+        the next.  A request is admitted against ``max_inflight`` only when it is reached,
+        so pipelined calls whose handlers finish inline are never refused; only calls
+        still running (or cancelled but still running) count.  Framing errors raise here;
+        errors in a frame's content raise from the iterator.  Consume it fully.
+        """
         frames = self._feed(data)
         if not self.preface_sent and self._parser.preface_received:
             self.initiate()  # answer a native client's preface with ours
-        events: list[tuple[Any, ...]] = []
+        return self._events(frames)
+
+    def _events(self, frames: list[Any]) -> Iterator[tuple[Any, ...]]:
+        events: list[tuple[Any, ...]] = []  # at most one event per frame on this side
         for frame in frames:
             kind = frame.kind
             if self.peer_settings is None:
@@ -353,7 +368,8 @@ class ServerConnection(Connection):
                     f"a client may not send {C.KIND_NAMES.get(kind, kind)} frames "
                     f"(request id {frame.request_id})"
                 )
-        return events
+            if events:
+                yield events.pop()
 
     def _on_request(self, frame: Any, kind: int, events: list[tuple[Any, ...]]) -> None:
         rid = frame.request_id
@@ -627,7 +643,7 @@ class ClientConnection(Connection):
             if self._held.pop(rid, None) is None:
                 self._sent -= 1
             events.append(
-                (KIND_ERROR, rid, token, Unavailable("server is going away; call not processed"))
+                (KIND_ERROR, rid, token, NotProcessed("server is going away; call not processed"))
             )
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[tuple[Any, ...]]:

@@ -347,7 +347,14 @@ class EventLoop:
             self._running.set()
             next_sweep = time.monotonic() + self._sweep_every
             while True:
-                timeout = max(0.0, next_sweep - time.monotonic())
+                wake_at = next_sweep
+                resume = self._accept_paused_until
+                if resume is not None:
+                    if resume <= time.monotonic():
+                        self._resume_accept()
+                    elif resume < wake_at:
+                        wake_at = resume
+                timeout = max(0.0, wake_at - time.monotonic())
                 for fd, mask in poller.poll(timeout):
                     if fd == lfd:
                         self._accept()
@@ -412,7 +419,7 @@ class EventLoop:
         self.stats["accept_paused"] += 1
         if self._accept_paused_until is None:
             self._poller.unregister(self._listener.fileno())
-        self._accept_paused_until = time.monotonic() + 0.1
+        self._accept_paused_until = time.monotonic() + 0.05
 
     def _reject(self, sock: socket.socket) -> None:
         """Refuse a connection over the limit with a preface + goaway, then close it."""
@@ -446,8 +453,10 @@ class EventLoop:
         if conn.closing:  # draining input until the peer's EOF; never parse it
             return
         proto = conn.proto
+        handle = self._handle
         try:
-            events = proto.receive_data(data)
+            for event in proto.receive_data(data):
+                handle(conn, event)
         except ProtocolError:
             self.stats["protocol_errors"] += 1
             self._begin_close(conn, now)
@@ -457,11 +466,7 @@ class EventLoop:
                 conn.partial_since = now
         else:
             conn.partial_since = None
-        if events:
-            conn.last_call = now
-            handle = self._handle
-            for event in events:
-                handle(conn, event)
+        conn.last_call = now
         if proto.output_size:
             self._dirty.add(conn)
 
@@ -669,12 +674,13 @@ class EventLoop:
 
     # --- timers -------------------------------------------------------------------------
 
+    def _resume_accept(self) -> None:
+        self._accept_paused_until = None
+        if self._stop_at is None:
+            self._poller.register(self._listener.fileno(), READ)
+
     def _sweep(self, now: float) -> None:
         cfg = self.config
-        if self._accept_paused_until is not None and now >= self._accept_paused_until:
-            self._accept_paused_until = None
-            if self._stop_at is None:
-                self._poller.register(self._listener.fileno(), READ)
         for conn in list(self._conns.values()):
             if conn.closing:
                 if now >= conn.close_at:
