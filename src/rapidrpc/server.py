@@ -104,6 +104,8 @@ class Server:
         self._listener = socket.create_server((host, port), family=family, backlog=backlog)
         #: The bound ``(host, port)``.
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        # The loop implementation (a seam: tests run the selectors fallback through it).
+        self._loop_factory: Callable[..., eventloop.EventLoop] = _loop_class(backend)
         self._loop: eventloop.EventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -149,7 +151,7 @@ class Server:
         with self._lock:
             if self._loop is not None:
                 raise RuntimeError("the server is already running (or was stopped)")
-            self._loop = _loop_class(self.backend)(self._listener, self.dispatcher, self.config)
+            self._loop = self._loop_factory(self._listener, self.dispatcher, self.config)
             return self._loop
 
     def serve_forever(self) -> None:

@@ -7,6 +7,8 @@ counters at tear-down are the cheapest defence against leaks).
 
 from __future__ import annotations
 
+import functools
+import selectors
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 from rpc_helpers import RawPeer, ScriptedServer, fd_count, thread_ids, wait_until
 
 import rapidrpc
+from rapidrpc.transport.eventloop import EventLoop
 
 
 @pytest.fixture(autouse=True)
@@ -30,13 +33,23 @@ def no_leaks() -> Iterator[None]:
 
 
 @pytest.fixture
-def make_server(backend_name: str) -> Iterator[Callable[..., rapidrpc.Server]]:
+def loop_kind() -> str:
+    """The server loop's poller: ``"epoll"``; a module overrides it to rerun its tests."""
+    return "epoll"
+
+
+@pytest.fixture
+def make_server(backend_name: str, loop_kind: str) -> Iterator[Callable[..., rapidrpc.Server]]:
     """``make_server(**kw)`` -> a started Server on the test's backend; stopped at tear-down."""
     servers: list[rapidrpc.Server] = []
 
     def make(*, start: bool = True, **kw: Any) -> rapidrpc.Server:
         kw.setdefault("backend", backend_name)
         server = rapidrpc.Server("127.0.0.1", 0, **kw)
+        if loop_kind == "selectors":
+            server._loop_factory = functools.partial(
+                EventLoop, use_epoll=False, selector_cls=selectors.PollSelector
+            )
         servers.append(server)
         if start:
             server.start()
