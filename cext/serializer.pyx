@@ -392,11 +392,14 @@ cdef int _pack_int(Writer* w, object o) except -1:
     return _pack_ext(w, EXT_BIGINT, _encode_bigint(o))
 
 
-cdef int _raise_encode_error() except -1:
+cdef int _raise_encode_error(object o) except -1:
+    # Error path: redo the encoding in Python to get the UnicodeEncodeError as an object.
+    PyErr_Clear()
     try:
-        raise  # re-raise the pending UnicodeEncodeError so it can be inspected
+        str.encode(o, "utf-8")
     except UnicodeEncodeError as exc:
         raise _err_encode_str(exc) from None
+    raise AssertionError("str failed to encode only once")  # unreachable
 
 
 cdef inline int _pack_str(Writer* w, object o) except -1:
@@ -404,7 +407,7 @@ cdef inline int _pack_str(Writer* w, object o) except -1:
     cdef const char* s = r_utf8(o, &n)
     cdef char* p
     if s == NULL:
-        return _raise_encode_error()
+        return _raise_encode_error(o)
     if n < 32:
         _reserve(w, n + 1)
         p = w.buf + w.len
@@ -536,8 +539,6 @@ cdef int _pack_other(Writer* w, object o, Py_ssize_t depth) except -1:
     """Subclasses of the builtins, bytearray/memoryview, ExtType, datetime, then default()."""
     cdef Py_buffer view
     cdef object code, data
-    cdef list items
-    cdef Py_ssize_t i
     # Same order as the pure twin; subclasses are packed from their builtin storage.
     if isinstance(o, int):
         return _pack_int(w, o)
@@ -575,19 +576,12 @@ cdef int _pack_other(Writer* w, object o, Py_ssize_t depth) except -1:
             data = bytes(data)
         return _pack_ext(w, code, data)
     if isinstance(o, list):
-        return _pack_list(w, o, depth)
+        return _pack_list(w, <list>o, depth)
     if isinstance(o, tuple):
-        return _pack_tuple(w, o, depth)
+        return _pack_tuple(w, <tuple>o, depth)
     if isinstance(o, dict):
-        if depth >= PACK_DEPTH:
-            raise _err_pack_depth(PACK_DEPTH)
         # A mapping subclass decides its own order (OrderedDict.move_to_end etc.).
-        items = list(o.items())
-        _put_len(w, len(items), 0x80, 16, 0, 0xDE, 0xDF, "map")
-        for i in range(len(items)):
-            _pack(w, items[i][0], depth + 1)
-            _pack(w, items[i][1], depth + 1)
-        return 0
+        return _pack_dict(w, dict(o.items()), depth)
     if PyDateTime_Check(o):
         return _pack_ext(w, EXT_TIMESTAMP, _encode_timestamp(o))
     if w.default_ != NULL:
@@ -634,7 +628,10 @@ def dumps(obj, *, default=None):
 
 @cython.final
 cdef class Packer:
-    """A reusable packer: ``Packer(default=...).pack(obj) -> bytes``.
+    """Packer(*, default=None)
+--
+
+A reusable packer: ``Packer(default=...).pack(obj) -> bytes``.
 
     Keeps one internal buffer between calls.  A default hook that raises mid-pack leaves the
     packer usable; a hook that packs with the same Packer gets a fresh buffer.
@@ -1230,7 +1227,10 @@ def loads(data, *, ext_hook=None, Py_ssize_t max_depth=_D_DEPTH,
 
 @cython.final
 cdef class Unpacker:
-    """Streaming decoder: ``feed()`` bytes in any pieces, iterate to get every whole value.
+    """Unpacker(*, ext_hook=None, max_buffer_size=_D_BUFFER, max_depth=_D_DEPTH, max_str_len=_D_STR, max_bin_len=_D_BIN, max_array_len=_D_ARRAY, max_map_len=_D_MAP, max_ext_len=_D_EXT)
+--
+
+Streaming decoder: ``feed()`` bytes in any pieces, iterate to get every whole value.
 
     Iteration stops when only part of a value is buffered; the part is kept for the next
     feed().  After an error the Unpacker refuses further use until :meth:`reset`.

@@ -245,9 +245,27 @@ def _pack(obj: Any, buf: bytearray, default: Callable[[Any], Any] | None, depth:
             _pack(k, buf, default, depth)
             _pack(v, buf, default, depth)
     elif t is list:
+        # (inline, not a helper: one Python frame per nesting level keeps 512 levels well
+        # inside the interpreter's recursion limit)
         if depth >= _PACK_DEPTH:
             raise err_pack_depth(_PACK_DEPTH)
-        _pack_list(obj, buf, default, depth)
+        n = len(obj)
+        if n < 16:
+            buf.append(0x90 | n)
+        else:
+            _array_header(n, buf)
+        depth += 1
+        # Indexing (not iterating) so that a default hook resizing the list is always
+        # caught: the header already promised n elements.
+        try:
+            for i in range(n):
+                _pack(obj[i], buf, default, depth)
+        except IndexError:
+            if len(obj) == n:
+                raise
+            raise err_mutated("list") from None
+        if len(obj) != n:
+            raise err_mutated("list")
     elif t is tuple:
         if depth >= _PACK_DEPTH:
             raise err_pack_depth(_PACK_DEPTH)
@@ -262,31 +280,21 @@ def _pack(obj: Any, buf: bytearray, default: Callable[[Any], Any] | None, depth:
     elif t is bytes:
         _bin(obj, buf)
     else:
-        _pack_other(obj, buf, default, depth)
+        # Returned here rather than packed inside _pack_other, so that every nesting level
+        # (and every default() conversion) costs one Python frame.
+        again = _pack_other(obj, buf, default, depth)
+        if again is not None:
+            _pack(again[0], buf, default, again[1])
 
 
-def _pack_list(obj: list, buf: bytearray, default: Callable[[Any], Any] | None, depth: int) -> None:
-    n = len(obj)
-    if n < 16:
-        buf.append(0x90 | n)
-    else:
-        _array_header(n, buf)
-    depth += 1
-    # Indexing (not iterating) so that a default hook resizing the list is always caught:
-    # the header already promised n elements.
-    try:
-        for i in range(n):
-            _pack(obj[i], buf, default, depth)
-    except IndexError:
-        if len(obj) == n:
-            raise
-        raise err_mutated("list") from None
-    if len(obj) != n:
-        raise err_mutated("list")
+def _pack_other(
+    obj: Any, buf: bytearray, default: Callable[[Any], Any] | None, depth: int
+) -> tuple[Any, int] | None:
+    """Subclasses of the builtins, bytearray/memoryview, ExtType, datetime, then default().
 
-
-def _pack_other(obj: Any, buf: bytearray, default: Callable[[Any], Any] | None, depth: int) -> None:
-    """Subclasses of the builtins, bytearray/memoryview, ExtType, datetime, then default()."""
+    Returns None when *obj* was packed, else (value, depth) for the caller to pack: the
+    builtin copy of a container subclass, or default()'s result one level deeper.
+    """
     # The order matches the Cython backend; the base-class method reads the builtin storage
     # so overridden methods of a subclass are never called.
     if isinstance(obj, int):
@@ -316,21 +324,12 @@ def _pack_other(obj: Any, buf: bytearray, default: Callable[[Any], Any] | None, 
             data = data.tobytes()
         _ext(code, data, buf)
     elif isinstance(obj, list):
-        if depth >= _PACK_DEPTH:
-            raise err_pack_depth(_PACK_DEPTH)
-        _pack_list(list.__getitem__(obj, slice(None)), buf, default, depth)
+        return list.__getitem__(obj, slice(None)), depth
     elif isinstance(obj, tuple):
-        _pack(tuple.__getitem__(obj, slice(None)), buf, default, depth)
+        return tuple.__getitem__(obj, slice(None)), depth
     elif isinstance(obj, dict):
-        if depth >= _PACK_DEPTH:
-            raise err_pack_depth(_PACK_DEPTH)
         # A mapping subclass decides its own order (OrderedDict.move_to_end etc.).
-        items = list(obj.items())
-        _map_header(len(items), buf)
-        depth += 1
-        for k, v in items:
-            _pack(k, buf, default, depth)
-            _pack(v, buf, default, depth)
+        return dict(obj.items()), depth
     elif isinstance(obj, datetime):
         _ext(EXT_TIMESTAMP, encode_timestamp(obj), buf)
     elif default is not None:
@@ -338,9 +337,10 @@ def _pack_other(obj: Any, buf: bytearray, default: Callable[[Any], Any] | None, 
         # error instead of looping forever.
         if depth >= _PACK_DEPTH:
             raise err_pack_depth(_PACK_DEPTH)
-        _pack(default(obj), buf, default, depth + 1)
+        return default(obj), depth + 1
     else:
         raise err_unsupported(obj)
+    return None
 
 
 def _pack_top(obj: Any, buf: bytearray, default: Callable[[Any], Any] | None) -> None:
