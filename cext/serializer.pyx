@@ -66,6 +66,7 @@ cdef extern from "serializer_endian.h":
     void rr_store_double(char* p, double d)
     bint rr_is_ascii(const unsigned char* p, Py_ssize_t n)
     size_t rr_key_slot(const unsigned char* p, Py_ssize_t n, size_t mask)
+    bint rr_long_small(object o, long long* out)
 
 # Raw-pointer variants of a few C-API calls: the decoder's hot loop manages references itself
 # (ownership is documented at each use) instead of paying Cython's bookkeeping per value.
@@ -310,7 +311,7 @@ cdef inline int _put_uint(Writer* w, unsigned long long v) except -1:
     elif v < 0x10000:
         rr_store_b16(p, 0xCD, <uint16_t>v)
         w.len += 3
-    elif v < 0x100000000:
+    elif (v >> 32) == 0:
         rr_store_b32(p, 0xCE, <uint32_t>v)
         w.len += 5
     else:
@@ -359,7 +360,7 @@ cdef inline int _put_len(Writer* w, Py_ssize_t n, unsigned char fix, int fixmax,
     elif n < 0x10000:
         rr_store_b16(p, b16, <uint16_t>n)
         w.len += 3
-    elif n <= 0xFFFFFFFF:
+    elif (n >> 32) == 0:
         rr_store_b32(p, b32, <uint32_t>n)
         w.len += 5
     else:
@@ -376,8 +377,13 @@ cdef inline int _put_raw(Writer* w, const char* s, Py_ssize_t n) except -1:
 
 cdef int _pack_int(Writer* w, object o) except -1:
     cdef int overflow = 0
-    cdef long long v = PyLong_AsLongLongAndOverflow(o, &overflow)
+    cdef long long v
     cdef unsigned long long u
+    if rr_long_small(o, &v):
+        if v >= 0:
+            return _put_uint(w, <unsigned long long>v)
+        return _put_negint(w, v)
+    v = PyLong_AsLongLongAndOverflow(o, &overflow)
     if overflow == 0:
         if v >= 0:
             return _put_uint(w, <unsigned long long>v)
@@ -444,7 +450,7 @@ cdef int _pack_ext(Writer* w, int code, object data) except -1:
         rr_store_b16(p, 0xC8, <uint16_t>n)
         p[3] = <char>code
         w.len += 4
-    elif n <= 0xFFFFFFFF:
+    elif (n >> 32) == 0:
         rr_store_b32(p, 0xC9, <uint32_t>n)
         p[5] = <char>code
         w.len += 6

@@ -1,5 +1,5 @@
 /* Small C helpers for the MessagePack serializer (cext/serializer.pyx): big-endian loads
- * and stores, an ASCII check, and the map-key cache's slot hash.
+ * and stores, an ASCII check, a small-int reader, and the map-key cache's slot hash.
  *
  * memcpy + byte swap compiles to one unaligned load/store plus bswap on every compiler we
  * build with; the pointers may be unaligned (they point into message bytes).
@@ -60,6 +60,29 @@ static inline int rr_is_ascii(const unsigned char *p, Py_ssize_t n) {
     for (; i < n; i++) acc |= p[i];
     return (acc & UINT64_C(0x8080808080808080)) == 0;
 }
+
+/* Fast path for the ints messages are made of: stores the value of an int that fits in
+ * two internal digits (|v| < 2**60 on 64-bit builds) and returns 1; returns 0 for the rest,
+ * which take PyLong_AsLongLongAndOverflow. */
+#if PY_VERSION_HEX >= 0x030C0000
+static inline int rr_long_small(PyObject *o, long long *out) {
+    if (!PyUnstable_Long_IsCompact((PyLongObject *)o)) return 0;
+    *out = (long long)PyUnstable_Long_CompactValue((PyLongObject *)o);
+    return 1;
+}
+#else
+static inline int rr_long_small(PyObject *o, long long *out) {
+    const digit *d = ((PyLongObject *)o)->ob_digit;
+    switch (Py_SIZE(o)) {
+    case 0: *out = 0; return 1;
+    case 1: *out = (long long)d[0]; return 1;
+    case -1: *out = -(long long)d[0]; return 1;
+    case 2: *out = ((long long)d[1] << PyLong_SHIFT) | (long long)d[0]; return 1;
+    case -2: *out = -(((long long)d[1] << PyLong_SHIFT) | (long long)d[0]); return 1;
+    default: return 0;
+    }
+}
+#endif
 
 /* Slot of a short key in the decoder's map-key cache: mixes the length and the first and
  * last (up to) 8 bytes; collisions only cost a cache miss. */

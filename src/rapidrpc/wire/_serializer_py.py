@@ -97,7 +97,8 @@ _U_d = struct.Struct(">d").unpack_from
 _U_Hb = struct.Struct(">Hb").unpack_from
 _U_Ib = struct.Struct(">Ib").unpack_from
 
-_FIXSTR = [bytes((0xA0 | n,)) for n in range(32)]
+# Single-byte bytes objects: fixints and one-byte headers are appended without allocating.
+_BYTE = [bytes((b,)) for b in range(256)]
 
 
 # ============================================================================================
@@ -105,106 +106,106 @@ _FIXSTR = [bytes((0xA0 | n,)) for n in range(32)]
 # ============================================================================================
 
 
-def _str_header(n: int, buf: bytearray) -> None:
+def _str_header(n: int, buf: list[bytes]) -> None:
     if n < 32:
-        buf.append(0xA0 | n)
+        buf.append(_BYTE[0xA0 | n])
     elif n < 0x100:
-        buf += _P_BB(0xD9, n)
+        buf.append(_P_BB(0xD9, n))
     elif n < 0x10000:
-        buf += _P_BH(0xDA, n)
+        buf.append(_P_BH(0xDA, n))
     elif n <= 0xFFFFFFFF:
-        buf += _P_BI(0xDB, n)
+        buf.append(_P_BI(0xDB, n))
     else:
         raise err_too_long("str", n)
 
 
-def _bin(data: bytes, buf: bytearray) -> None:
+def _bin(data: bytes, buf: list[bytes]) -> None:
     n = len(data)
     if n < 0x100:
-        buf += _P_BB(0xC4, n)
+        buf.append(_P_BB(0xC4, n))
     elif n < 0x10000:
-        buf += _P_BH(0xC5, n)
+        buf.append(_P_BH(0xC5, n))
     elif n <= 0xFFFFFFFF:
-        buf += _P_BI(0xC6, n)
+        buf.append(_P_BI(0xC6, n))
     else:
         raise err_too_long("bin", n)
-    buf += data
+    buf.append(data)
 
 
-def _ext(code: int, data: bytes, buf: bytearray) -> None:
+def _ext(code: int, data: bytes, buf: list[bytes]) -> None:
     n = len(data)
     if n == 1:
-        buf += _P_Bb(0xD4, code)
+        buf.append(_P_Bb(0xD4, code))
     elif n == 2:
-        buf += _P_Bb(0xD5, code)
+        buf.append(_P_Bb(0xD5, code))
     elif n == 4:
-        buf += _P_Bb(0xD6, code)
+        buf.append(_P_Bb(0xD6, code))
     elif n == 8:
-        buf += _P_Bb(0xD7, code)
+        buf.append(_P_Bb(0xD7, code))
     elif n == 16:
-        buf += _P_Bb(0xD8, code)
+        buf.append(_P_Bb(0xD8, code))
     elif n < 0x100:
-        buf += _P_BBb(0xC7, n, code)
+        buf.append(_P_BBb(0xC7, n, code))
     elif n < 0x10000:
-        buf += _P_BHb(0xC8, n, code)
+        buf.append(_P_BHb(0xC8, n, code))
     elif n <= 0xFFFFFFFF:
-        buf += _P_BIb(0xC9, n, code)
+        buf.append(_P_BIb(0xC9, n, code))
     else:
         raise err_too_long("ext", n)
-    buf += data
+    buf.append(data)
 
 
-def _int(obj: int, buf: bytearray) -> None:
+def _int(obj: int, buf: list[bytes]) -> None:
     if obj >= 0:
         if obj < 0x80:
-            buf.append(obj)
+            buf.append(_BYTE[obj])
         elif obj < 0x100:
-            buf += _P_BB(0xCC, obj)
+            buf.append(_P_BB(0xCC, obj))
         elif obj < 0x10000:
-            buf += _P_BH(0xCD, obj)
+            buf.append(_P_BH(0xCD, obj))
         elif obj < 0x100000000:
-            buf += _P_BI(0xCE, obj)
+            buf.append(_P_BI(0xCE, obj))
         elif obj < 0x10000000000000000:
-            buf += _P_BQ(0xCF, obj)
+            buf.append(_P_BQ(0xCF, obj))
         else:
             _ext(EXT_BIGINT, encode_bigint(obj), buf)
     elif obj >= -0x20:
-        buf.append(obj & 0xFF)
+        buf.append(_BYTE[obj & 0xFF])
     elif obj >= -0x80:
-        buf += _P_Bb(0xD0, obj)
+        buf.append(_P_Bb(0xD0, obj))
     elif obj >= -0x8000:
-        buf += _P_Bh(0xD1, obj)
+        buf.append(_P_Bh(0xD1, obj))
     elif obj >= -0x80000000:
-        buf += _P_Bi(0xD2, obj)
+        buf.append(_P_Bi(0xD2, obj))
     elif obj >= -0x8000000000000000:
-        buf += _P_Bq(0xD3, obj)
+        buf.append(_P_Bq(0xD3, obj))
     else:
         _ext(EXT_BIGINT, encode_bigint(obj), buf)
 
 
-def _array_header(n: int, buf: bytearray) -> None:
+def _array_header(n: int, buf: list[bytes]) -> None:
     if n < 16:
-        buf.append(0x90 | n)
+        buf.append(_BYTE[0x90 | n])
     elif n < 0x10000:
-        buf += _P_BH(0xDC, n)
+        buf.append(_P_BH(0xDC, n))
     elif n <= 0xFFFFFFFF:
-        buf += _P_BI(0xDD, n)
+        buf.append(_P_BI(0xDD, n))
     else:
         raise err_too_long("array", n)
 
 
-def _map_header(n: int, buf: bytearray) -> None:
+def _map_header(n: int, buf: list[bytes]) -> None:
     if n < 16:
-        buf.append(0x80 | n)
+        buf.append(_BYTE[0x80 | n])
     elif n < 0x10000:
-        buf += _P_BH(0xDE, n)
+        buf.append(_P_BH(0xDE, n))
     elif n <= 0xFFFFFFFF:
-        buf += _P_BI(0xDF, n)
+        buf.append(_P_BI(0xDF, n))
     else:
         raise err_too_long("map", n)
 
 
-def _pack(obj: Any, buf: bytearray, default: Callable[[Any], Any] | None, depth: int) -> None:
+def _pack(obj: Any, buf: list[bytes], default: Callable[[Any], Any] | None, depth: int) -> None:
     """Append *obj* to *buf*; *depth* counts the containers enclosing *obj*."""
     t = type(obj)
     if t is str:
@@ -214,29 +215,29 @@ def _pack(obj: Any, buf: bytearray, default: Callable[[Any], Any] | None, depth:
             raise err_encode_str(exc) from None
         n = len(data)
         if n < 32:
-            buf += _FIXSTR[n]
+            buf.append(_BYTE[0xA0 | n])
         else:
             _str_header(n, buf)
-        buf += data
+        buf.append(data)
     elif t is int:
         if 0 <= obj < 0x80:
-            buf.append(obj)
+            buf.append(_BYTE[obj])
         else:
             _int(obj, buf)
     elif obj is None:
-        buf.append(0xC0)
+        buf.append(b"\xc0")
     elif obj is True:
-        buf.append(0xC3)
+        buf.append(b"\xc3")
     elif obj is False:
-        buf.append(0xC2)
+        buf.append(b"\xc2")
     elif t is float:
-        buf += _P_Bd(0xCB, obj)
+        buf.append(_P_Bd(0xCB, obj))
     elif t is dict:
         if depth >= _PACK_DEPTH:
             raise err_pack_depth(_PACK_DEPTH)
         n = len(obj)
         if n < 16:
-            buf.append(0x80 | n)
+            buf.append(_BYTE[0x80 | n])
         else:
             _map_header(n, buf)
         depth += 1
@@ -251,7 +252,7 @@ def _pack(obj: Any, buf: bytearray, default: Callable[[Any], Any] | None, depth:
             raise err_pack_depth(_PACK_DEPTH)
         n = len(obj)
         if n < 16:
-            buf.append(0x90 | n)
+            buf.append(_BYTE[0x90 | n])
         else:
             _array_header(n, buf)
         depth += 1
@@ -271,7 +272,7 @@ def _pack(obj: Any, buf: bytearray, default: Callable[[Any], Any] | None, depth:
             raise err_pack_depth(_PACK_DEPTH)
         n = len(obj)
         if n < 16:
-            buf.append(0x90 | n)
+            buf.append(_BYTE[0x90 | n])
         else:
             _array_header(n, buf)
         depth += 1
@@ -288,7 +289,7 @@ def _pack(obj: Any, buf: bytearray, default: Callable[[Any], Any] | None, depth:
 
 
 def _pack_other(
-    obj: Any, buf: bytearray, default: Callable[[Any], Any] | None, depth: int
+    obj: Any, buf: list[bytes], default: Callable[[Any], Any] | None, depth: int
 ) -> tuple[Any, int] | None:
     """Subclasses of the builtins, bytearray/memoryview, ExtType, datetime, then default().
 
@@ -300,16 +301,18 @@ def _pack_other(
     if isinstance(obj, int):
         _int(int.__pos__(obj), buf)
     elif isinstance(obj, float):
-        buf += _P_Bd(0xCB, obj)
+        buf.append(_P_Bd(0xCB, obj))
     elif isinstance(obj, str):
         try:
             data = str.encode(obj)
         except UnicodeEncodeError as exc:
             raise err_encode_str(exc) from None
         _str_header(len(data), buf)
-        buf += data
-    elif isinstance(obj, (bytes, bytearray)):
+        buf.append(data)
+    elif isinstance(obj, bytes):
         _bin(obj, buf)
+    elif isinstance(obj, bytearray):
+        _bin(bytes(obj), buf)  # a copy: a default hook could resize it before the join
     elif isinstance(obj, memoryview):
         _bin(obj.tobytes(), buf)
     elif isinstance(obj, ExtType):
@@ -320,8 +323,8 @@ def _pack_other(
             raise TypeError(f"ExtType code must be int, not {type(code).__name__}")
         if not -128 <= code <= 127:
             raise err_ext_code(code)
-        if isinstance(data, memoryview):
-            data = data.tobytes()
+        if not isinstance(data, bytes):
+            data = bytes(data)
         _ext(code, data, buf)
     elif isinstance(obj, list):
         return list.__getitem__(obj, slice(None)), depth
@@ -343,7 +346,7 @@ def _pack_other(
     return None
 
 
-def _pack_top(obj: Any, buf: bytearray, default: Callable[[Any], Any] | None) -> None:
+def _pack_top(obj: Any, buf: list[bytes], default: Callable[[Any], Any] | None) -> None:
     try:
         _pack(obj, buf, default, 0)
     except RecursionError:
@@ -360,16 +363,17 @@ def dumps(obj: Any, *, default: Callable[[Any], Any] | None = None) -> bytes:
     """
     if default is not None and not callable(default):
         raise err_not_callable("default", default)
-    buf = bytearray()
+    buf: list[bytes] = []
     _pack_top(obj, buf, default)
-    return bytes(buf)
+    return b"".join(buf)
 
 
 class Packer:
     """A reusable packer: ``Packer(default=...).pack(obj) -> bytes``.
 
-    Keeps one internal buffer between calls.  A default hook that raises mid-pack leaves the
-    packer usable; a hook that packs with the same Packer gets a fresh buffer.
+    Keeps one internal buffer (here: the list of parts joined at the end) between calls.
+    A default hook that raises mid-pack leaves the packer usable; a hook that packs with
+    the same Packer gets a fresh buffer.
     """
 
     __slots__ = ("_buf", "_busy", "_default")
@@ -378,7 +382,7 @@ class Packer:
         if default is not None and not callable(default):
             raise err_not_callable("default", default)
         self._default = default
-        self._buf = bytearray()
+        self._buf: list[bytes] = []
         self._busy = False
 
     def pack(self, obj: Any) -> bytes:
@@ -389,9 +393,9 @@ class Packer:
         self._busy = True
         try:
             _pack_top(obj, buf, self._default)
-            return bytes(buf)
+            return b"".join(buf)
         finally:
-            del buf[:]
+            buf.clear()
             self._busy = False
 
 
