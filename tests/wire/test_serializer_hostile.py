@@ -126,3 +126,15 @@ def test_released_memoryview_is_refused(backend):
         backend.serializer.loads(view)
     with pytest.raises(ValueError):
         backend.serializer.dumps(view)
+
+
+def test_hook_cannot_resize_the_input_while_it_is_decoded(backend):
+    data = bytearray(b"\x92\xd4\x05\x00\xa3abc")
+
+    def hook(code, payload):
+        data.clear()  # would free the bytes under the decoder
+        return code
+
+    with pytest.raises(BufferError):
+        backend.serializer.loads(data, ext_hook=hook)
+    assert data == bytearray(b"\x92\xd4\x05\x00\xa3abc")

@@ -711,10 +711,17 @@ def loads(
                 "max_ext_len": max_ext_len,
             },
         )
-    if type(data) is not bytes:
-        data = _as_bytes(data)
-    end = len(data)
     opts = (ext_hook, max_depth, max_str_len, max_bin_len, max_array_len, max_map_len, max_ext_len)
+    if type(data) is bytes:
+        return _loads(data, opts)
+    # Keep the buffer exported while decoding, like the Cython twin: a hook that tries to
+    # resize the input gets BufferError in both.
+    with memoryview(data) as view:
+        return _loads(view.tobytes(), opts)
+
+
+def _loads(data: bytes, opts: _Options) -> Any:
+    end = len(data)
     obj, pos = _decode(data, 0, end, opts, 0)
     if pos != end:
         raise err_trailing(end - pos, pos)
