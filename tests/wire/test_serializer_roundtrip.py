@@ -6,7 +6,9 @@ import array
 import enum
 import math
 import struct
+import time
 from collections import OrderedDict, defaultdict, namedtuple
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -443,3 +445,25 @@ def test_hypothesis_roundtrip_identical_bytes(value):
     data = next(iter(encoded.values()))
     for impl in impls.values():
         assert normalized(impl.loads(data)) == normalized(value)
+
+
+def test_dumps_reentrant_and_thread_safe(backend):
+    impl = backend.serializer
+
+    def default(obj):
+        time.sleep(0)  # let other threads run mid-pack
+        # re-entrant: a nested dumps while this one is in progress
+        return {"inner": impl.dumps([obj.cents] * 50), "cents": obj.cents}
+
+    def work(n):
+        value = [{"n": n, "money": Money(n), "pad": "x" * (n * 100)} for _ in range(20)]
+        expected = impl.dumps(value, default=default)
+        for _ in range(30):
+            assert impl.dumps(value, default=default) == expected
+        return expected
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, range(8)))
+    assert len(set(results)) == 8
+    decoded = impl.loads(results[3])
+    assert decoded[0]["money"] == {"inner": impl.dumps([3] * 50), "cents": 3}
