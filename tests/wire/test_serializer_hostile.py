@@ -5,7 +5,9 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
-from serializer_helpers import BAD_INPUTS
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from serializer_helpers import BAD_INPUTS, rich_values
 
 from rapidrpc.errors import SerializationError
 from rapidrpc.wire import serializer
@@ -138,3 +140,49 @@ def test_hook_cannot_resize_the_input_while_it_is_decoded(backend):
     with pytest.raises(BufferError):
         backend.serializer.loads(data, ext_hook=hook)
     assert data == bytearray(b"\x92\xd4\x05\x00\xa3abc")
+
+
+def _same_everywhere(data: bytes):
+    outcomes = []
+    for impl in serializer.IMPLEMENTATIONS.values():
+        try:
+            outcomes.append(("ok", repr(impl.loads(data))))
+        except SerializationError as exc:
+            outcomes.append(("error", str(exc)))
+    assert len(set(outcomes)) == 1, outcomes
+
+
+@given(data=st.binary(max_size=64))
+@settings(max_examples=300, deadline=None)
+def test_fuzz_random_bytes(data):
+    _same_everywhere(data)
+
+
+@given(
+    value=rich_values,
+    flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(1, 255)), max_size=3),
+    cut=st.integers(min_value=0, max_value=8),
+)
+@settings(max_examples=300, deadline=None)
+def test_fuzz_mutated_messages(value, flips, cut):
+    data = bytearray(serializer.dumps(value))
+    for position, mask in flips:
+        data[position % len(data)] ^= mask
+    _same_everywhere(bytes(data[: len(data) - cut]))
+
+
+@given(data=st.binary(max_size=64), chunk=st.integers(min_value=1, max_value=9))
+@settings(max_examples=200, deadline=None)
+def test_fuzz_stream_same_everywhere(data, chunk):
+    outcomes = set()
+    for impl in serializer.IMPLEMENTATIONS.values():
+        unpacker = impl.Unpacker()
+        events = []
+        try:
+            for i in range(0, len(data), chunk):
+                unpacker.feed(data[i : i + chunk])
+                events += [repr(v) for v in unpacker]
+        except SerializationError as exc:
+            events.append(str(exc))
+        outcomes.add(tuple(events))
+    assert len(outcomes) == 1, outcomes
