@@ -54,6 +54,15 @@ from rapidrpc.wire.constants import (
 
 __all__ = ["Packer", "Unpacker", "dumps", "loads"]
 
+cdef extern from *:
+    """
+    #ifndef RAPIDRPC_DEBUG
+    #define RAPIDRPC_DEBUG 0
+    #endif
+    """
+    # setup.py defines it (RAPIDRPC_DEBUG=1 builds): invariant checks, compiled out otherwise.
+    const int RAPIDRPC_DEBUG
+
 cdef extern from "serializer_endian.h":
     uint16_t rr_load16(const unsigned char* p)
     uint32_t rr_load32(const unsigned char* p)
@@ -611,6 +620,8 @@ cdef object _dumps(object obj, object default):
     w.default_ = NULL if default is None else <PyObject*>default
     try:
         _pack(&w, obj, 0)
+        if RAPIDRPC_DEBUG and w.len > w.cap:
+            raise AssertionError("serializer: packed past the end of the buffer")
         if w.owner == NULL:
             return PyBytes_FromStringAndSize(stack, w.len)
         _PyBytes_Resize(&w.owner, w.len)
@@ -1158,6 +1169,8 @@ cdef object _decode(Dec* d):
         r = _decode_value(d, &st)
     finally:
         _stack_clear(&st)
+    if RAPIDRPC_DEBUG and (d.p > d.end or st.item != NULL):
+        raise AssertionError("serializer: decoder overran its input or left a value in flight")
     result = <object>r
     r_decref(r)
     return result
