@@ -17,13 +17,13 @@ goaway, when request ids run out, and in a forked child.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import Future
 from types import ModuleType, TracebackType
 from typing import Any
 
 from .core.protocol import NotProcessed
+from .transport import blocking
 from .transport.blocking import BlockingConnection, NotSent
 from .wire import constants as C
 
@@ -120,7 +120,7 @@ class Client:
             "framing": self._framing,
         }
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._generation = blocking.fork_generation()
         self._conn: BlockingConnection | None = None
         self._closed = False
 
@@ -133,11 +133,11 @@ class Client:
         return self._reconnect()
 
     def _reconnect(self) -> BlockingConnection:
-        if self._pid != os.getpid():
+        if self._generation != blocking.fork_generation():
             # Forked child: the parent's lock may be held by a thread that does not exist
             # here, and its connection belongs to the parent. Start over.
             self._lock = threading.Lock()
-            self._pid = os.getpid()
+            self._generation = blocking.fork_generation()
             old, self._conn = self._conn, None
             if old is not None:
                 old.close()  # only drops this process's copy of the descriptor

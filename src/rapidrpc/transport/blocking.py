@@ -20,6 +20,7 @@ import math
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
@@ -45,6 +46,25 @@ _REPLY_KINDS = frozenset((_KIND_RESPONSE, _KIND_ERROR))
 class NotSent(ConnectionLost):
     """The connection was already lost before the call was queued: nothing was sent,
     so the caller may safely retry on a new connection."""
+
+
+# Bumped in a forked child: connections (and their locks) from before the fork belong to
+# the parent.  Cheaper than comparing os.getpid() (a syscall) on every call.
+_fork_generation = 0
+
+
+def _forked() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+def fork_generation() -> int:
+    """How many forks separate this process from the one that imported this module."""
+    return _fork_generation
 
 
 #: Token of a synchronous call: its reply is stored in ``_results`` for the caller.
@@ -75,7 +95,6 @@ class BlockingConnection:
         framing: ModuleType | None = None,
     ) -> None:
         self.address = (host, port)
-        self.pid = os.getpid()
         self.keepalive = keepalive
         self.proto = ClientConnection(
             serializer=serializer,
@@ -92,6 +111,8 @@ class BlockingConnection:
         self._reader: threading.Thread | None = None
         self._last_heard = 0.0
         self._ping_sent = 0.0
+        self._waiters = 0  # followers blocked in _cond.wait (notify only when > 0)
+        self._generation = _fork_generation
         #: Set once the connection is unusable (the exception pending calls failed with).
         self.error: BaseException | None = None
         #: No new calls go here (goaway received or ids exhausted); it closes when idle.
@@ -110,6 +131,12 @@ class BlockingConnection:
             # poll(): one poll object per direction, since a reading and a sending thread
             # may wait at the same time (a shared socket timeout would race).
             sock.settimeout(None)
+            if keepalive is not None:
+                # Bound blocking reads by the keepalive period at the kernel level, so the
+                # common wait is a single recv (no poll before it).
+                sec = int(keepalive)
+                usec = max(1, int((keepalive - sec) * 1e6)) if keepalive < 1 else 0
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", sec, usec))
             self._rpoll = select.poll()
             self._rpoll.register(sock, _POLLIN)
             self._wpoll = select.poll()
@@ -156,7 +183,7 @@ class BlockingConnection:
             self.error is None
             and not self.draining
             and not self.proto.ids_exhausted
-            and self.pid == os.getpid()
+            and self._generation == _fork_generation
         )
 
     def fresh(self, idle: float = 1.0) -> bool:
@@ -331,40 +358,42 @@ class BlockingConnection:
 
     def _wait(self, rid: int, deadline: float | None, method: str, timeout: float | None) -> Any:
         results = self._results
+        read_lock = self._read_lock
+        outcome = None
         while True:
-            with self._state:
-                while True:
-                    outcome = results.pop(rid, None)
-                    if outcome is not None:
-                        return _unwrap(outcome)
-                    if self.error is not None:
-                        raise self.error
-                    if not self._read_lock.locked():
-                        break  # nobody is reading: become the leader
-                    wait = None if deadline is None else deadline - time.monotonic()
-                    if wait is not None and wait <= 0:
-                        break
-                    self._cond.wait(wait)
-            if deadline is not None and time.monotonic() >= deadline:
-                return self._expire(rid, method, timeout)
-            if self._read_lock.acquire(blocking=False):
+            if read_lock.acquire(blocking=False):
+                # Leader: read (routing everyone's replies) until ours is in.
                 try:
-                    if rid not in results:
+                    while rid not in results and self.error is None:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            break
                         self._read_once(deadline)
                 finally:
-                    self._read_lock.release()
-                    with self._state:
-                        self._cond.notify_all()
-
-    def _expire(self, rid: int, method: str, timeout: float | None) -> Any:
-        with self._state:
-            outcome = self._results.pop(rid, None)
-            if outcome is None and self.error is None:
-                self.proto.cancel(rid)
-        if outcome is not None:
-            return _unwrap(outcome)  # the reply won the race against the deadline
-        self._flush_quietly()
-        raise DeadlineExceeded(f"call {method!r} exceeded its deadline of {timeout}s")
+                    read_lock.release()
+                    if self._waiters:  # (read again under the lock below: no lost wakeup)
+                        with self._state:
+                            self._cond.notify_all()
+            with self._state:
+                outcome = results.pop(rid, None)
+                if outcome is not None:
+                    break
+                if self.error is not None:
+                    raise self.error
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    self.proto.cancel(rid)  # a late reply is then dropped as unknown
+                    break
+                if read_lock.locked():
+                    # Follower: the leader routes our reply, or frees the lock, and wakes us.
+                    self._waiters += 1
+                    try:
+                        self._cond.wait(wait)
+                    finally:
+                        self._waiters -= 1
+        if outcome is None:
+            self._flush_quietly()  # the cancel frame
+            raise DeadlineExceeded(f"call {method!r} exceeded its deadline of {timeout}s")
+        return _unwrap(outcome)
 
     def _read_once(self, deadline: float | None, slice_: float | None = None) -> None:
         """Read the socket once (bounded by *deadline*, *slice_* and keepalive); route."""
@@ -372,16 +401,21 @@ class BlockingConnection:
             return
         keepalive = self.keepalive
         wait = None if deadline is None else deadline - time.monotonic()
-        if keepalive is not None and (wait is None or wait > keepalive):
-            wait = keepalive
         if slice_ is not None and (wait is None or wait > slice_):
             wait = slice_
         try:
-            if wait is not None and not self._rpoll.poll(max(0, math.ceil(wait * 1000))):
-                if wait == keepalive and (deadline is None or time.monotonic() < deadline):
-                    self._silence()
-                return
-            data = self.sock.recv(_RECV_SIZE)
+            if wait is None or (keepalive is not None and wait >= keepalive):
+                # The common case, one syscall: a blocking recv, bounded by SO_RCVTIMEO
+                # (= keepalive) when keepalive is on.
+                data = self.sock.recv(_RECV_SIZE)
+            elif self._rpoll.poll(max(0, math.ceil(wait * 1000))):
+                data = self.sock.recv(_RECV_SIZE)
+            else:
+                return  # the caller's deadline (or slice) came first
+        except BlockingIOError:  # SO_RCVTIMEO: a keepalive period without a byte
+            if deadline is None or time.monotonic() < deadline:
+                self._silence()
+            return
         except OSError as exc:
             self._lost(ConnectionLost(f"{self._where()}: connection lost: {exc}"))
             return
@@ -440,7 +474,7 @@ class BlockingConnection:
                         futures.append((token, kind, event[3]))
                 elif kind == _KIND_GOAWAY:
                     self.draining = True
-            if results:
+            if results and self._waiters:
                 self._cond.notify_all()
             idle_draining = (self.draining or self.proto.ids_exhausted) and self.proto.pending == 0
             has_output = self.proto.output_size > 0
@@ -530,7 +564,7 @@ class BlockingConnection:
 
     def close(self) -> None:
         """Close the connection; pending calls fail with ConnectionLost."""
-        if self.pid != os.getpid():
+        if self._generation != _fork_generation:
             # A forked child must not touch the parent's connection state or locks: just
             # drop this process's copy of the descriptor.
             self._closed = True

@@ -43,8 +43,14 @@ from ..wire import constants as C
 
 __all__ = ["EventLoop", "ServerConfig", "serve"]
 
-READ = 1
-WRITE = 2
+# Interest/readiness bits: the epoll values themselves, so epoll results need no
+# translation on the hot path (the selectors fallback translates).  An error or hangup
+# reports as both, so the next recv/send sees the condition.
+READ = getattr(select, "EPOLLIN", 1)
+WRITE = getattr(select, "EPOLLOUT", 4)
+_EP_ERR = getattr(select, "EPOLLERR", 8) | getattr(select, "EPOLLHUP", 16)
+_READABLE = READ | _EP_ERR
+_WRITABLE = WRITE | _EP_ERR
 _IOV_MAX = min(getattr(os, "sysconf", lambda _n: 1024)("SC_IOV_MAX") or 1024, 1024)
 _RECV_SIZE = 256 * 1024
 _ACCEPTS_PER_TURN = 64
@@ -96,11 +102,12 @@ class _Poller:
             use_epoll = hasattr(select, "epoll") and selector_cls is None
         self.kind = "epoll" if use_epoll else "selectors"
         if use_epoll:
+            # READ/WRITE are EPOLLIN/EPOLLOUT: epoll's own methods serve as they are.
             self._ep = select.epoll()
-            self.register = self._ep_register
-            self.modify = self._ep_modify
-            self.unregister = self._ep_unregister
-            self.poll = self._ep_poll
+            self.register = self._ep.register
+            self.modify = self._ep.modify
+            self.unregister = self._ep.unregister
+            self.poll = self._ep.poll
         else:
             self._sel = (selector_cls or selectors.DefaultSelector)()
             self._masks: dict[int, int] = {}
@@ -108,34 +115,6 @@ class _Poller:
             self.modify = self._sel_modify
             self.unregister = self._sel_unregister
             self.poll = self._sel_poll
-
-    # epoll: masks map to EPOLLIN/EPOLLOUT; HUP/ERR wake both directions so the
-    # next recv/send reports the condition.
-    _EP_IN = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
-    _EP_OUT = select.EPOLLOUT if hasattr(select, "EPOLLOUT") else 4
-    _EP_ERR = (select.EPOLLERR | select.EPOLLHUP) if hasattr(select, "EPOLLERR") else 0
-
-    def _ep_mask(self, mask: int) -> int:
-        return (self._EP_IN if mask & READ else 0) | (self._EP_OUT if mask & WRITE else 0)
-
-    def _ep_register(self, fd: int, mask: int) -> None:
-        self._ep.register(fd, self._ep_mask(mask))
-
-    def _ep_modify(self, fd: int, mask: int) -> None:
-        self._ep.modify(fd, self._ep_mask(mask))
-
-    def _ep_unregister(self, fd: int) -> None:
-        self._ep.unregister(fd)
-
-    def _ep_poll(self, timeout: float | None) -> list[tuple[int, int]]:
-        out = []
-        ep_in, ep_out, ep_err = self._EP_IN, self._EP_OUT, self._EP_ERR
-        for fd, ev in self._ep.poll(-1 if timeout is None else timeout):
-            mask = (READ if ev & ep_in else 0) | (WRITE if ev & ep_out else 0)
-            if ev & ep_err:
-                mask = READ | WRITE
-            out.append((fd, mask))
-        return out
 
     _SEL_MASK = {
         READ: selectors.EVENT_READ,
@@ -338,6 +317,7 @@ class EventLoop:
     def run(self) -> None:
         """Run until stopped; always releases every socket, fd and thread it created."""
         poller = self._poller
+        poll = poller.poll
         lfd = self._listener.fileno()
         wfd = self._wake_r.fileno()
         conns = self._conns
@@ -348,6 +328,8 @@ class EventLoop:
             next_sweep = time.monotonic() + self._sweep_every
             while True:
                 wake_at = next_sweep
+                if self._stop_at is not None and self._stop_at < wake_at:
+                    wake_at = self._stop_at  # the end of the grace period
                 resume = self._accept_paused_until
                 if resume is not None:
                     if resume <= time.monotonic():
@@ -355,7 +337,7 @@ class EventLoop:
                     elif resume < wake_at:
                         wake_at = resume
                 timeout = max(0.0, wake_at - time.monotonic())
-                for fd, mask in poller.poll(timeout):
+                for fd, mask in poll(timeout):
                     if fd == lfd:
                         self._accept()
                     elif fd == wfd:
@@ -364,9 +346,9 @@ class EventLoop:
                         conn = conns.get(fd)
                         if conn is None:
                             continue
-                        if mask & READ:
+                        if mask & _READABLE:
                             self._read(conn)
-                        if mask & WRITE and not conn.closed:
+                        if mask & _WRITABLE and not conn.closed:
                             self._write(conn)
                 if self._dirty:
                     self._flush_dirty()
@@ -378,7 +360,7 @@ class EventLoop:
                     self._sweep(now)
                     if self._dirty:
                         self._flush_dirty()
-                if self._stop_grace is not None and self._stopping(now):
+                if self._stop_grace is not None and self._stopping():
                     break
         finally:
             self._shutdown()
@@ -578,8 +560,22 @@ class EventLoop:
             if conn.closed:
                 continue
             chunks = conn.proto.take_output()
-            if chunks:
+            if len(chunks) == 1 and not conn.outq and not conn.closing:
+                # Fast path (one reply, nothing queued): one send, no queue bookkeeping.
+                data = chunks[0]
+                try:
+                    sent = conn.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    self._close(conn)
+                    continue
+                if sent == len(data):
+                    continue
+                chunks = [memoryview(data)[sent:]]
+            elif chunks:
                 chunks = _coalesce(chunks)
+            if chunks:
                 conn.outq.extend(chunks)
                 conn.out_size += sum(map(len, chunks))
             self._write(conn)
@@ -728,12 +724,13 @@ class EventLoop:
             conn.proto.send_goaway(StatusCode.OK, "server shutting down")
             self._dirty.add(conn)
 
-    def _stopping(self, now: float) -> bool:
+    def _stopping(self) -> bool:
         """Advance a requested stop; True when the loop may exit."""
         if self._stop_at is None:
             self._begin_stop()
             if self._dirty:
                 self._flush_dirty()
+        now = time.monotonic()
         for conn in list(self._conns.values()):
             if not conn.closing and conn.proto.inflight == 0 and not conn.outq:
                 self._begin_close(conn, now, max(0.0, self._stop_at - now))
