@@ -512,7 +512,10 @@ cdef int _pack_dict(Writer* w, dict o, Py_ssize_t depth) except -1:
         # Own references: a default hook may remove them from the dict while we pack them.
         key = <object>k
         value = <object>v
-        _pack(w, key, depth)
+        if PyUnicode_CheckExact(key):  # the usual key: skip the dispatcher
+            _pack_str(w, key)
+        else:
+            _pack(w, key, depth)
         _pack(w, value, depth)
         done += 1
     if done != n or len(o) != n:
