@@ -254,8 +254,10 @@ def test_keepalive_keeps_a_peer_that_answers(make_server, raw_peer) -> None:
 
 
 def test_client_that_never_reads_is_capped_and_closed(make_server, raw_peer, make_client):
+    """Its queued output stops growing (reading it is paused, memory stays bounded), and
+    once the output makes no progress for frame_timeout the connection is closed."""
     limit = 64 * 1024
-    server = make_server(max_frame_size=limit)
+    server = make_server(max_frame_size=limit, frame_timeout=0.5)
     server.register(lambda: b"r" * 60_000, name="big")
     server.register(lambda x: x, name="echo")
     hog = raw_peer(server.address)
@@ -367,3 +369,31 @@ def _call_ok(client: rapidrpc.Client) -> bool:
         return client.ok() == "ok"
     except (rapidrpc.ConnectionLost, rapidrpc.Unavailable):
         return False
+
+
+def test_backpressure_pauses_reading_then_resumes(make_server, raw_peer, backend_name) -> None:
+    """HOSTILE 5/8: past the high-water mark the server stops reading that connection (its
+    requests wait in the kernel), and resumes once the peer reads; nothing is dropped."""
+    server = make_server(start=False, max_frame_size=1 << 20)
+    server.config.high_water = 256 * 1024
+    runs: list[int] = []
+    server.register(lambda i: (runs.append(i), b"r" * 100_000)[1], name="big")
+    server.start()
+    peer = raw_peer(server.address)
+    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    total = 300  # 30 MB of replies, far beyond what the kernel buffers hold
+    for start in range(1, total + 1, 10):
+        batch = b"".join(request_frame(backend_name, i, "big", i) for i in range(start, start + 10))
+        peer.sock.sendall(batch)
+        time.sleep(0.005)
+    assert wait_until(lambda: len(runs) < total and _stable(runs), 5)
+    assert server.connection_count == 1  # paused, not closed
+    got = replies(peer, total, timeout=60)  # reading lets the server go on
+    assert [rid for _, rid, _ in got] == list(range(1, total + 1))
+    assert runs == list(range(1, total + 1))
+
+
+def _stable(runs: list[int]) -> bool:
+    before = len(runs)
+    time.sleep(0.2)
+    return len(runs) == before

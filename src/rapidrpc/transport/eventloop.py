@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -161,6 +162,7 @@ class _Conn:
     """Per-connection driver state (the protocol state lives in ``proto``)."""
 
     __slots__ = (
+        "backlog",
         "close_at",
         "closed",
         "closing",
@@ -200,6 +202,9 @@ class _Conn:
         self.write_stalled: float | None = None
         self.ping_at: float | None = None
         self.futures: dict[int, Future[Any]] = {}
+        # Events of an already-read chunk not handled yet because output passed the
+        # high-water mark: resumed (before any further read) once the peer drains it.
+        self.backlog: Iterator[tuple[Any, ...]] | None = None
 
 
 def _coalesce(chunks: list[Any]) -> list[Any]:
@@ -278,6 +283,10 @@ class EventLoop:
             )
             if t
         ]
+        # Pause reading before the output cap can be reached: a single reply is at most
+        # max_frame_size, so pausing at or below it keeps the queue under 2 x that.
+        self._high_water = min(self.config.high_water, self.config.max_frame_size)
+        self._resume: set[_Conn] = set()
         # Check timers a few times per shortest timeout, at most once per 10 ms.
         self._sweep_every = max(0.01, min([1.0, *(t / 4 for t in timeouts)]))
         #: Counters for tests and monitoring.
@@ -336,7 +345,8 @@ class EventLoop:
                         self._resume_accept()
                     elif resume < wake_at:
                         wake_at = resume
-                timeout = max(0.0, wake_at - time.monotonic())
+                # Backlogs ready to resume are work to do now: don't sleep on them.
+                timeout = 0.0 if self._resume else max(0.0, wake_at - time.monotonic())
                 for fd, mask in poll(timeout):
                     if fd == lfd:
                         self._accept()
@@ -352,6 +362,8 @@ class EventLoop:
                             self._write(conn)
                 if self._dirty:
                     self._flush_dirty()
+                if self._resume:
+                    self._resume_backlogs()
                 now = time.monotonic()
                 if now >= next_sweep:
                     next_sweep = now + self._sweep_every
@@ -420,6 +432,8 @@ class EventLoop:
     # --- reading ------------------------------------------------------------------------
 
     def _read(self, conn: _Conn) -> None:
+        if conn.backlog is not None:
+            return  # finish the chunk already read first (reading is paused anyway)
         try:
             data = conn.sock.recv(_RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -435,10 +449,8 @@ class EventLoop:
         if conn.closing:  # draining input until the peer's EOF; never parse it
             return
         proto = conn.proto
-        handle = self._handle
         try:
-            for event in proto.receive_data(data):
-                handle(conn, event)
+            events = proto.receive_data(data)
         except ProtocolError:
             self.stats["protocol_errors"] += 1
             self._begin_close(conn, now)
@@ -449,6 +461,28 @@ class EventLoop:
         else:
             conn.partial_since = None
         conn.last_call = now
+        self._run_events(conn, events)
+
+    def _run_events(self, conn: _Conn, events: Iterator[tuple[Any, ...]]) -> None:
+        """Handle *events* in order; stop at the high-water mark, keeping the rest."""
+        proto = conn.proto
+        handle = self._handle
+        high_water = self._high_water
+        try:
+            for event in events:
+                handle(conn, event)
+                if conn.out_size + proto.output_size > high_water:
+                    # Backpressure inside one read: the rest waits until the peer reads.
+                    conn.backlog = events
+                    conn.paused = True
+                    self._dirty.add(conn)
+                    return
+        except ProtocolError:
+            self.stats["protocol_errors"] += 1
+            conn.backlog = None
+            self._begin_close(conn, time.monotonic())
+            return
+        conn.backlog = None
         if proto.output_size:
             self._dirty.add(conn)
 
@@ -487,6 +521,17 @@ class EventLoop:
             future = conn.futures.get(event[1])
             if future is not None:
                 future.cancel()  # only succeeds if the handler has not started yet
+
+    def _resume_backlogs(self) -> None:
+        resume = self._resume
+        self._resume = set()
+        for conn in resume:
+            if conn.closed or conn.backlog is None:
+                continue
+            self._run_events(conn, conn.backlog)
+            self._dirty.add(conn)  # flushed next turn; unpauses once drained
+        if self._dirty:
+            self._flush_dirty()
 
     # --- blocking handlers --------------------------------------------------------------
 
@@ -560,7 +605,7 @@ class EventLoop:
             if conn.closed:
                 continue
             chunks = conn.proto.take_output()
-            if len(chunks) == 1 and not conn.outq and not conn.closing:
+            if len(chunks) == 1 and not conn.outq and not conn.closing and not conn.paused:
                 # Fast path (one reply, nothing queued): one send, no queue bookkeeping.
                 data = chunks[0]
                 try:
@@ -619,7 +664,7 @@ class EventLoop:
             if conn.write_stalled is None:
                 conn.write_stalled = time.monotonic()
             # Backpressure: stop reading requests until the peer reads its replies.
-            if conn.out_size > cfg.high_water and not conn.closing:
+            if conn.out_size > self._high_water and not conn.closing:
                 conn.paused = True
         else:
             conn.write_stalled = None
@@ -630,8 +675,11 @@ class EventLoop:
                 except OSError:
                     self._close(conn)
                     return
-        if conn.paused and conn.out_size <= cfg.high_water // 2:
-            conn.paused = False
+        if conn.paused and conn.out_size <= self._high_water // 2:
+            if conn.backlog is not None:
+                self._resume.add(conn)  # handle the rest of the chunk before reading more
+            else:
+                conn.paused = False
         mask = (0 if conn.paused else READ) | (WRITE if outq else 0)
         if mask != conn.mask:
             conn.mask = mask
@@ -732,7 +780,12 @@ class EventLoop:
                 self._flush_dirty()
         now = time.monotonic()
         for conn in list(self._conns.values()):
-            if not conn.closing and conn.proto.inflight == 0 and not conn.outq:
+            if (
+                not conn.closing
+                and conn.proto.inflight == 0
+                and not conn.outq
+                and conn.backlog is None
+            ):
                 self._begin_close(conn, now, max(0.0, self._stop_at - now))
         if self._dirty:
             self._flush_dirty()
