@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import load_backend
+from testsupport import load_backend
 from rapidrpc.wire.constants import HEADER_SIZE, KIND_REQUEST, KIND_RESPONSE
 
 SMALL_COUNT = 10_000

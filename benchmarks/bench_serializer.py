@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from payloads import NOT_JSONABLE, PAYLOADS
 
-from conftest import load_backend
+from testsupport import load_backend
 
 SYSTEMS = (
     "rapidrpc-cython",

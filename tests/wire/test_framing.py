@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import load_backend
+from testsupport import load_backend
 from rapidrpc import FrameError
 from rapidrpc.wire import constants, framing
 

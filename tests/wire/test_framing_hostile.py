@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import load_backend
+from testsupport import load_backend
 from rapidrpc import FrameError, ProtocolError
 from rapidrpc.wire import constants
 
