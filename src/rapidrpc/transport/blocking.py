@@ -135,7 +135,7 @@ class BlockingConnection:
                 # Bound blocking reads by the keepalive period at the kernel level, so the
                 # common wait is a single recv (no poll before it).
                 sec = int(keepalive)
-                usec = max(1, int((keepalive - sec) * 1e6)) if keepalive < 1 else 0
+                usec = max(int((keepalive - sec) * 1e6), 0 if sec else 1)  # 0/0 means never
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", sec, usec))
             self._rpoll = select.poll()
             self._rpoll.register(sock, _POLLIN)
@@ -228,11 +228,10 @@ class BlockingConnection:
             except OSError as exc:
                 # Part of a frame may be on the wire: the stream cannot be trusted anymore.
                 if isinstance(exc, TimeoutError) and deadline is not None:
-                    reason = "send timed out at the call's deadline"
-                else:
-                    reason = f"send failed: {exc}"
-                self._lost(ConnectionLost(f"{self._where()}: {reason}"))
-                raise self.error from exc  # type: ignore[misc]
+                    self._lost(ConnectionLost(f"{self._where()}: a send outlived its deadline"))
+                    raise DeadlineExceeded("deadline passed while sending the request") from exc
+                self._lost(ConnectionLost(f"{self._where()}: send failed: {exc}"))
+                raise _copy(self.error) from exc
 
     def _write_all(self, chunks: list[Any], deadline: float | None) -> None:
         """Non-blocking sends; poll for writability only when the kernel buffer is full."""
@@ -378,7 +377,7 @@ class BlockingConnection:
                 if outcome is not None:
                     break
                 if self.error is not None:
-                    raise self.error
+                    raise _copy(self.error)
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
                     self.proto.cancel(rid)  # a late reply is then dropped as unknown
@@ -496,13 +495,13 @@ class BlockingConnection:
             pending = self.proto.pop_all_pending()
             futures = []
             for rid, token in pending.items():
-                if token is SYNC:
-                    self._results[rid] = (_KIND_ERROR, error)
+                if token is SYNC:  # each caller raises its own instance (own traceback)
+                    self._results[rid] = (_KIND_ERROR, _copy(error))
                 else:
                     futures.append(token)
             self._cond.notify_all()
         for future in futures:
-            _settle(future, _KIND_ERROR, error)
+            _settle(future, _KIND_ERROR, _copy(error))
         self._close_socket()
 
     def _close_socket(self) -> None:
@@ -539,8 +538,9 @@ class BlockingConnection:
                 self._read_once(deadline, None if deadline is None else 0.02)
             finally:
                 self._read_lock.release()
-                with self._state:
-                    self._cond.notify_all()
+                if self._waiters:
+                    with self._state:
+                        self._cond.notify_all()
 
     def _expire_async(self) -> float | None:
         """Fail async calls whose deadline passed; return the next deadline (or None)."""
@@ -574,6 +574,13 @@ class BlockingConnection:
         reader = self._reader
         if reader is not None and reader is not threading.current_thread():
             reader.join(timeout=5.0)
+
+
+def _copy(error: BaseException) -> BaseException:
+    """A fresh instance of a connection error, chained to the original."""
+    fresh = type(error)(*error.args)
+    fresh.__cause__ = error.__cause__ or error
+    return fresh
 
 
 def _unwrap(outcome: tuple[int, Any]) -> Any:

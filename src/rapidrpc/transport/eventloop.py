@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import select
 import selectors
@@ -47,6 +48,8 @@ __all__ = ["EventLoop", "ServerConfig", "serve"]
 # Interest/readiness bits: the epoll values themselves, so epoll results need no
 # translation on the hot path (the selectors fallback translates).  An error or hangup
 # reports as both, so the next recv/send sees the condition.
+_log = logging.getLogger("rapidrpc.server")
+
 READ = getattr(select, "EPOLLIN", 1)
 WRITE = getattr(select, "EPOLLOUT", 4)
 _EP_ERR = getattr(select, "EPOLLERR", 8) | getattr(select, "EPOLLHUP", 16)
@@ -356,10 +359,14 @@ class EventLoop:
                         conn = conns.get(fd)
                         if conn is None:
                             continue
-                        if mask & _READABLE:
-                            self._read(conn)
-                        if mask & _WRITABLE and not conn.closed:
-                            self._write(conn)
+                        try:
+                            if mask & _READABLE:
+                                self._read(conn)
+                            if mask & _WRITABLE and not conn.closed:
+                                self._write(conn)
+                        except Exception:  # a bug must cost one connection, not the server
+                            _log.exception("rapidrpc: closing a connection after an error")
+                            self._close(conn)
                 if self._dirty:
                     self._flush_dirty()
                 if self._resume:
@@ -460,7 +467,6 @@ class EventLoop:
                 conn.partial_since = now
         else:
             conn.partial_since = None
-        conn.last_call = now
         self._run_events(conn, events)
 
     def _run_events(self, conn: _Conn, events: Iterator[tuple[Any, ...]]) -> None:
@@ -491,6 +497,7 @@ class EventLoop:
         proto = conn.proto
         if kind in _CALL_KINDS:
             rid = event[1]
+            conn.last_call = conn.last_recv  # idle means no calls (pings don't count)
             try:
                 method = self.dispatcher.lookup(event[2])
             except MethodNotFound as exc:
@@ -528,8 +535,13 @@ class EventLoop:
         for conn in resume:
             if conn.closed or conn.backlog is None:
                 continue
-            self._run_events(conn, conn.backlog)
-            self._dirty.add(conn)  # flushed next turn; unpauses once drained
+            try:
+                self._run_events(conn, conn.backlog)
+            except Exception:
+                _log.exception("rapidrpc: closing a connection after an error")
+                self._close(conn)
+                continue
+            self._dirty.add(conn)  # the flush below unpauses it once drained
         if self._dirty:
             self._flush_dirty()
 
