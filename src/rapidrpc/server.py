@@ -58,7 +58,9 @@ class Server:
     connections.  Timeouts are in seconds; None disables idle_timeout and keepalive.
     *threads* sizes the pool of ``blocking=True`` handlers (started on first use).
     *backend* picks the implementation (``"cython"``/``"python"``; None:
-    ``rapidrpc.BACKEND``).  ``workers > 1`` (SO_REUSEPORT processes) is not implemented yet.
+    ``rapidrpc.BACKEND``).  ``workers > 1``: :meth:`serve_forever` forks that many
+    processes sharing the port with SO_REUSEPORT, restarts any that dies and forwards
+    SIGTERM/SIGINT to them (see :mod:`rapidrpc.transport.workers`).
     """
 
     def __init__(
@@ -78,8 +80,11 @@ class Server:
         backend: str | None = None,
         backlog: int = 1024,
     ) -> None:
-        if workers != 1:
-            raise NotImplementedError("workers > 1 (SO_REUSEPORT processes) is not supported yet")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        #: Worker processes (see :mod:`rapidrpc.transport.workers`).
+        self.workers = workers
+        self._backlog = backlog
         if backend is None:
             from . import _backend
 
@@ -101,7 +106,12 @@ class Server:
         if threads is not None:
             self.config.pool_size = threads
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._listener = socket.create_server((host, port), family=family, backlog=backlog)
+        self._listener = socket.create_server(
+            (host, port),
+            family=family,
+            backlog=backlog,
+            reuse_port=workers > 1 and hasattr(socket, "SO_REUSEPORT"),
+        )
         #: The bound ``(host, port)``.
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         # The loop implementation (a seam: tests run the selectors fallback through it).
@@ -151,6 +161,16 @@ class Server:
         with self._lock:
             if self._loop is not None:
                 raise RuntimeError("the server is already running (or was stopped)")
+            if self.workers > 1:  # forks after binding; each worker builds its own loop
+                from .transport.workers import Supervisor
+
+                self._loop = Supervisor(  # type: ignore[assignment]
+                    self._listener,
+                    self.workers,
+                    lambda sock: self._loop_factory(sock, self.dispatcher, self.config),
+                    backlog=self._backlog,
+                )
+                return self._loop  # type: ignore[return-value]
             self._loop = self._loop_factory(self._listener, self.dispatcher, self.config)
             return self._loop
 
