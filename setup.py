@@ -17,10 +17,15 @@ import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 PURE = os.environ.get("RAPIDRPC_PURE_PYTHON", "") not in ("", "0")
 ANNOTATE = os.environ.get("RAPIDRPC_CYTHON_ANNOTATE", "") not in ("", "0")
 DEBUG = os.environ.get("RAPIDRPC_DEBUG", "") not in ("", "0")
+
+# A pure install leaves this file in the package, so that at run time the missing extension
+# is known to be a choice (no warning) rather than a broken install.
+PURE_MARKER = "_PURE_INSTALL"
 
 HOW_TO_GO_PURE = (
     "To install the (much slower) pure-Python backend instead, ask for it explicitly:\n"
@@ -72,6 +77,17 @@ class LoudBuildExt(build_ext):
             _fail(f"compiling {ext.name} failed.", f"{type(exc).__name__}: {exc}")
 
 
+class MarkPureBuildPy(build_py):
+    """build_py that records a deliberate pure-Python install in the package."""
+
+    def run(self) -> None:
+        super().run()
+        if PURE:
+            marker = os.path.join(self.build_lib, "rapidrpc", PURE_MARKER)
+            with open(marker, "w") as fp:
+                fp.write("installed with RAPIDRPC_PURE_PYTHON=1: no compiled extension\n")
+
+
 def _extensions() -> list[Extension]:
     if PURE:
         return []
@@ -111,4 +127,4 @@ def _extensions() -> list[Extension]:
     )
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": LoudBuildExt})
+setup(ext_modules=_extensions(), cmdclass={"build_ext": LoudBuildExt, "build_py": MarkPureBuildPy})

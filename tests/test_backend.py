@@ -149,13 +149,14 @@ def test_failed_extension_build_stops_with_clear_message(tmp_path: Path) -> None
 
 
 @needs_build_tree
-def test_pure_build_compiles_nothing(tmp_path: Path) -> None:
+def test_pure_build_compiles_nothing_and_runs_pure_without_warning(tmp_path: Path) -> None:
     _copy_sources(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAPIDRPC_")}
     env["RAPIDRPC_PURE_PYTHON"] = "1"
     env["CC"] = "/bin/false"  # would fail if anything were compiled
+    lib = tmp_path / "lib"
     proc = subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        [sys.executable, "setup.py", "-q", "build", "--build-lib", str(lib)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -163,4 +164,20 @@ def test_pure_build_compiles_nothing(tmp_path: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert not list((tmp_path / "src").rglob("*.so"))
+    assert not list(lib.rglob("*.so"))
+    assert (lib / "rapidrpc" / "_PURE_INSTALL").exists()
+
+    # The installed-pure package runs pure without being told again, and without a warning
+    # (the user asked for it at install time) ...
+    code = (
+        f"import sys, warnings; sys.path.insert(0, {str(lib)!r}); "
+        "warnings.simplefilter('error'); import rapidrpc;"
+        "print(rapidrpc.BACKEND, rapidrpc.__file__)"
+    )
+    ok = run_python(code)
+    assert ok.returncode == 0, ok.stderr
+    backend, path = ok.stdout.split()
+    assert backend == "python" and path.startswith(str(lib))
+    # ... and RAPIDRPC_REQUIRE_EXTENSION still refuses it.
+    refused = run_python(code, RAPIDRPC_REQUIRE_EXTENSION="1")
+    assert refused.returncode != 0 and "ImportError" in refused.stderr

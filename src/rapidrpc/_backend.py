@@ -1,6 +1,8 @@
 """Which backend is active: the one switch, read once at import.
 
-``RAPIDRPC_PURE_PYTHON=1`` forces the pure-Python backend.  When the compiled extension is
+``RAPIDRPC_PURE_PYTHON=1`` forces the pure-Python backend, and so does a package installed
+with ``RAPIDRPC_PURE_PYTHON=1 pip install .`` (it carries a ``_PURE_INSTALL`` marker).
+When the compiled extension is
 expected but cannot be imported, rapidrpc warns once and runs on the pure-Python backend;
 ``RAPIDRPC_REQUIRE_EXTENSION=1`` turns that into an ImportError.
 
@@ -12,15 +14,30 @@ from __future__ import annotations
 import os
 import warnings
 
-__all__ = ["PURE_PYTHON", "REQUIRE_EXTENSION", "extension_missing", "use_extension", "active"]
+__all__ = [
+    "PURE_INSTALL",
+    "PURE_PYTHON",
+    "REQUIRE_EXTENSION",
+    "active",
+    "extension_missing",
+    "use_extension",
+]
 
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-PURE_PYTHON: bool = _flag("RAPIDRPC_PURE_PYTHON")
+# Written by setup.py into a package installed with RAPIDRPC_PURE_PYTHON=1.
+PURE_INSTALL: bool = os.path.exists(os.path.join(os.path.dirname(__file__), "_PURE_INSTALL"))
+PURE_PYTHON: bool = _flag("RAPIDRPC_PURE_PYTHON") or PURE_INSTALL
 REQUIRE_EXTENSION: bool = _flag("RAPIDRPC_REQUIRE_EXTENSION")
+
+if PURE_INSTALL and REQUIRE_EXTENSION:
+    raise ImportError(
+        "rapidrpc: RAPIDRPC_REQUIRE_EXTENSION=1, but this copy of rapidrpc was installed without "
+        "its extension (RAPIDRPC_PURE_PYTHON=1 pip install). Reinstall with a C compiler."
+    )
 
 # Names of the compiled modules that failed to import (empty when all loaded or pure forced).
 _missing: list[str] = []
