@@ -69,3 +69,12 @@ __all__ = [
 ]
 
 del _framing_face, _serializer_face
+
+
+def __getattr__(name: str) -> object:
+    # ``rapidrpc.aio`` loads on first use: ``import rapidrpc`` must not import asyncio.
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
