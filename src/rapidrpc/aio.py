@@ -1,0 +1,431 @@
+"""``rapidrpc.aio``: the asyncio faces, on any asyncio loop (uvloop included).
+
+    server = aio.Server("127.0.0.1", 8000)
+
+    @server.export
+    async def fetch(url): ...            # awaited as a task on the loop
+
+    @server.export
+    def add(a, b):                       # plain: runs inline on the loop
+        return a + b
+
+    @server.export(blocking=True)        # runs in the loop's default executor
+    def checksum(path): ...
+
+    async with server:                   # start(); stop() on exit
+        async with aio.Client(f"127.0.0.1:{server.address[1]}", timeout=5) as client:
+            await client.add(1, 2)
+            await client.calc.add(1, 2)              # dotted names: "calc.add"
+            await client.call("add", 1, 2, timeout=0.5)
+            await asyncio.gather(*(client.add(i, i) for i in range(1000)))
+            await client.notify("log", "hello")      # no reply
+
+Both faces wrap the protocol classes of :mod:`rapidrpc.transport.aio` (the embedding API,
+see docs/embedding.md) and behave like their blocking twins: the same limits, the same
+exception classes, the same wire bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl as _ssl
+import time
+from collections.abc import Callable
+from functools import partial
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .client import parse_address, wire_modules
+from .core.dispatch import Dispatcher
+from .core.protocol import NotProcessed
+from .errors import ConnectionLost, DeadlineExceeded
+from .transport.aio import ConnectionGroup, NotSent, RPCClientProtocol, ServerConfig
+from .wire import constants as C
+
+__all__ = ["Client", "Server"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Server:
+    """An asyncio RPC server listening on *host*:*port* (port 0 picks a free port; see
+    :attr:`address`).  The socket is bound when the constructor returns; :meth:`start`
+    serves it on the running loop.
+
+    Handlers: plain functions run inline on the loop (they must not block);
+    ``blocking=True`` ones run in the loop's default executor; ``async def`` ones run as
+    tasks, cancelled when the client cancels the call or its deadline passes.
+
+    The limits and timeouts are those of :class:`rapidrpc.Server` (same names, same
+    defaults).  *backend* picks the wire implementation (``"cython"``/``"python"``;
+    None: ``rapidrpc.BACKEND``).  *ssl* serves TLS with that ``ssl.SSLContext``.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_connections: int = 1024,
+        max_frame_size: int = C.DEFAULT_MAX_FRAME_SIZE,
+        max_inflight: int = 100,
+        idle_timeout: float | None = 300.0,
+        handshake_timeout: float = 30.0,
+        frame_timeout: float = 60.0,
+        keepalive: float | None = 60.0,
+        backend: str | None = None,
+        backlog: int = 1024,
+        ssl: _ssl.SSLContext | None = None,
+    ) -> None:
+        if backend is None:
+            from . import _backend
+
+            backend = _backend.active()
+        serializer, framing = wire_modules(backend)
+        self.backend = backend
+        self.dispatcher = Dispatcher(allow_async=True)
+        self.config = ServerConfig(
+            max_connections=max_connections,
+            max_frame_size=max_frame_size,
+            max_inflight=max_inflight,
+            idle_timeout=idle_timeout,
+            handshake_timeout=handshake_timeout,
+            frame_timeout=frame_timeout,
+            keepalive=keepalive,
+            serializer=serializer,
+            framing=framing,
+        )
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.create_server((host, port), family=family, backlog=backlog)
+        #: The bound ``(host, port)``.
+        self.address: tuple[str, int] = self._sock.getsockname()[:2]
+        self._backlog = backlog
+        self._ssl = ssl
+        self._group = ConnectionGroup(self.dispatcher, self.config)
+        self._server: asyncio.AbstractServer | None = None
+        self._stopping = False
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def connection_count(self) -> int:
+        """Connections currently open."""
+        return len(self._group.connections)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: accepted, rejected, protocol_errors."""
+        return dict(self._group.stats)
+
+    # --- registration (delegates to the dispatcher) ----------------------------------------
+
+    def register(self, func: F, name: str | None = None, blocking: bool | None = None) -> F:
+        """Register *func* (plain or ``async def``) as *name*; see :class:`Dispatcher`."""
+        return self.dispatcher.register(func, name, blocking)
+
+    def register_instance(self, obj: object, prefix: str | None = None) -> None:
+        """Register the public methods of *obj*, as ``prefix.method`` when *prefix* is given."""
+        self.dispatcher.register_instance(obj, prefix)
+
+    def export(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        blocking: bool = False,
+    ) -> Any:
+        """Decorator: ``@server.export`` or ``@server.export(name="calc.add", blocking=True)``."""
+        if func is not None:
+            return self.dispatcher.export(func)
+        return self.dispatcher.export(name=name, blocking=blocking)
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def start(self) -> Server:
+        """Start serving on the running loop; returns once accepting connections."""
+        if self._server is not None or self._stopping:
+            raise RuntimeError("the server is already running (or was stopped)")
+        loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._server = await loop.create_server(
+            self._group, sock=self._sock, backlog=self._backlog, ssl=self._ssl
+        )
+        return self
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`stop` (starting first if needed).  Cancelling the awaiting
+        task stops the server at once (grace 0) and re-raises the cancellation."""
+        if self._server is None:
+            await self.start()
+        assert self._stopped is not None
+        try:
+            await self._stopped.wait()
+        except asyncio.CancelledError:
+            await self.stop(grace=0)
+            raise
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, send goaway, let in-flight calls finish for up to *grace*
+        seconds, then close every connection.  Returns when all are closed."""
+        if self._stopping:
+            if self._stopped is not None:
+                await self._stopped.wait()
+            return
+        self._stopping = True
+        server = self._server
+        if server is None:  # never started: just release the socket
+            self._sock.close()
+            return
+        server.close()  # stop accepting
+        try:
+            await self._group.shutdown(grace)
+            await server.wait_closed()
+        finally:
+            self._sock.close()  # (already closed or detached by the loop: a no-op)
+            assert self._stopped is not None
+            self._stopped.set()
+
+    async def __aenter__(self) -> Server:
+        if self._server is None:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        host, port = self.address[:2]
+        return f"<rapidrpc.aio.Server {host}:{port} backend={self.backend}>"
+
+
+class _MethodProxy:
+    """``client.name(...)`` awaits the remote method ``name``; ``client.a.b(...)`` ``a.b``.
+
+    Keyword arguments all go to the remote method; use :meth:`Client.call` for a per-call
+    ``timeout``.
+    """
+
+    def __init__(self, client: Client, name: str) -> None:
+        self._client = client
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._client._invoke(self._name, args, kwargs, None)
+
+    def __getattr__(self, attr: str) -> _MethodProxy:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        proxy = _MethodProxy(self._client, f"{self._name}.{attr}")
+        self.__dict__[attr] = proxy  # cached: the next access is a plain attribute lookup
+        return proxy
+
+    def __repr__(self) -> str:
+        return f"<remote method {self._name!r} of {self._client!r}>"
+
+
+class Client:
+    """An asyncio RPC client for one server address.
+
+    Any number of concurrent calls share one connection (``asyncio.gather`` of 1000
+    calls is fine).  The connection is opened on the first call and reopened on demand
+    after a loss, a goaway or when request ids run out; a call in flight on a lost
+    connection fails with ConnectionLost and is never re-sent.  The client belongs to the
+    event loop it first connects on.
+
+    *timeout* is the default deadline of every call in seconds (None: no deadline); it
+    covers connecting too.  *connect_timeout* bounds connecting and the handshake.
+    *max_frame_size* caps the size of a reply.  *keepalive*: how long a pending call
+    tolerates a silent connection before pinging (and, after as long again, declaring it
+    lost).  *backend* picks the wire implementation (``"cython"``/``"python"``; None:
+    ``rapidrpc.BACKEND``).  *ssl* (an ``ssl.SSLContext``) connects with TLS, checking the
+    certificate against *server_hostname* (default: the host).
+
+    Remote methods whose names clash with this class's own attributes (``call``,
+    ``close``, ...) are reached with :meth:`call`.
+    """
+
+    def __init__(
+        self,
+        address: str | tuple[str, int],
+        timeout: float | None = None,
+        *,
+        connect_timeout: float | None = 10.0,
+        max_frame_size: int = C.DEFAULT_MAX_FRAME_SIZE,
+        keepalive: float | None = 30.0,
+        backend: str | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.address = parse_address(address)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        serializer, framing = wire_modules(backend)
+        host, port = self.address
+        self._factory = partial(
+            RPCClientProtocol,
+            max_frame_size=max_frame_size,
+            keepalive=keepalive,
+            serializer=serializer,
+            framing=framing,
+            peer=f"{host}:{port}",
+        )
+        self._ssl = ssl
+        self._server_hostname = server_hostname
+        self._conn: RPCClientProtocol | None = None
+        self._retired: set[RPCClientProtocol] = set()  # draining: close with the client
+        self._connecting: asyncio.Task[RPCClientProtocol] | None = None
+        self._closed = False
+
+    # --- connection management --------------------------------------------------------------
+
+    async def _connection(self, deadline: float | None) -> RPCClientProtocol:
+        """A usable connection, opening one (shared by concurrent callers) if needed."""
+        conn = self._conn
+        if conn is not None and conn.usable:
+            return conn
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        task = self._connecting
+        if task is None:
+            task = self._connecting = asyncio.get_running_loop().create_task(self._open())
+            task.add_done_callback(self._connected)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("deadline passed while connecting")
+        # (asyncio.wait never cancels the task: a caller giving up leaves the connect
+        # to the others sharing it.)
+        done, _ = await asyncio.wait({task}, timeout=remaining)
+        if not done:
+            raise DeadlineExceeded(
+                f"deadline passed while connecting to {self.address[0]}:{self.address[1]}"
+            )
+        return task.result()
+
+    def _connected(self, task: asyncio.Task[RPCClientProtocol]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved here: every waiter may have given up
+
+    async def _open(self) -> RPCClientProtocol:
+        old = self._conn
+        if old is not None:
+            self._conn = None
+            old.retire()  # in-flight calls finish on it; it closes when idle
+            if old.error is None:
+                self._retired.add(old)
+        self._retired = {c for c in self._retired if c.error is None}
+        loop = asyncio.get_running_loop()
+        host, port = self.address
+        timeout = self.connect_timeout
+        started = time.monotonic()
+        kw: dict[str, Any] = {}
+        if self._ssl is not None:
+            kw = {"ssl": self._ssl, "server_hostname": self._server_hostname or host}
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(self._factory, host, port, **kw), timeout
+            )
+        except asyncio.TimeoutError as exc:
+            raise ConnectionLost(f"cannot connect to {host}:{port}: timed out") from exc
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {host}:{port}: {exc}") from exc
+        try:
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            await conn.wait_ready(left)
+        except BaseException:
+            conn.abort()
+            raise
+        if self._closed:  # closed while we were connecting
+            conn.close()
+            raise RuntimeError("the client is closed")
+        self._conn = conn
+        return conn
+
+    # --- calls ------------------------------------------------------------------------------
+
+    async def _invoke(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        if timeout is None:
+            timeout = self.timeout
+        kw = kwargs or None
+        attempts = 0
+        conn = self._conn
+        if conn is not None and conn.usable:
+            try:
+                return await conn.call(name, args, kw, timeout)
+            except (NotSent, NotProcessed):
+                # Nothing ran: the connection died before our request was queued, or the
+                # server's goaway says it never processed it.  Safe to try a new one, once.
+                attempts = 1
+        # One budget: connecting spends the call's deadline too.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            conn = await self._connection(deadline)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await conn.call(name, args, kw, left, budget=timeout)
+            except (NotSent, NotProcessed):
+                attempts += 1
+                if attempts > 1:
+                    raise
+
+    async def call(self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call remote method *name* and return its result.
+
+        *timeout* overrides the client's default deadline for this call.
+        """
+        return await self._invoke(name, args, kwargs, timeout)
+
+    async def notify(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Send a notification: the server runs *name* and sends no reply."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        try:
+            (await self._connection(deadline)).notify(name, args, kwargs or None)
+        except NotSent:
+            (await self._connection(deadline)).notify(name, args, kwargs or None)
+
+    def __getattr__(self, name: str) -> _MethodProxy:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        proxy = _MethodProxy(self, name)
+        self.__dict__[name] = proxy
+        return proxy
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the connection; calls still pending fail with ConnectionLost."""
+        self._closed = True
+        task, self._connecting = self._connecting, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=5.0)
+        conns = [c for c in (self._conn, *self._retired) if c is not None]
+        self._conn = None
+        self._retired = set()
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            await conn.wait_closed(5.0)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<rapidrpc.aio.Client {self.address[0]}:{self.address[1]}>"
