@@ -204,6 +204,15 @@ class Dispatcher:
     def __len__(self) -> int:
         return len(self._methods)
 
+    @property
+    def table(self) -> dict[str, Method]:
+        """The live name -> :class:`Method` mapping, for drivers' fast paths.
+
+        It is the same dict for the dispatcher's whole life, so a driver may keep it and
+        still see later registrations.  Read it only; register through the methods above.
+        """
+        return self._methods
+
     def lookup(self, name: str) -> Method:
         """The :class:`Method` registered as *name*; raises MethodNotFound."""
         try:

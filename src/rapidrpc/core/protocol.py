@@ -332,6 +332,16 @@ class ServerConnection(Connection):
         """True when the client cancelled this still-running call."""
         return self._inflight.get(request_id, False)
 
+    def begin_call(self, request_id: int) -> None:
+        """Count *request_id* as in flight for a driver that admitted the request itself.
+
+        A fused driver fast path (the Cython server loop) decodes, checks and answers the
+        common request without going through :meth:`receive_data`; when it cannot answer
+        directly (the handler raised, the result is unencodable or too large) it calls this,
+        then ends the call with :meth:`send_response` / :meth:`send_exception` like any driver.
+        """
+        self._inflight[request_id] = False
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> Iterator[tuple[Any, ...]]:
         """Feed received bytes; return an iterator over the events they complete.
 
