@@ -286,26 +286,32 @@ class Client:
 
     async def _connection(self, deadline: float | None) -> RPCClientProtocol:
         """A usable connection, opening one (shared by concurrent callers) if needed."""
-        conn = self._conn
-        if conn is not None and conn.usable:
-            return conn
-        if self._closed:
-            raise RuntimeError("the client is closed")
-        task = self._connecting
-        if task is None:
-            task = self._connecting = asyncio.get_running_loop().create_task(self._open())
-            task.add_done_callback(self._connected)
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceeded("deadline passed while connecting")
-        # (asyncio.wait never cancels the task: a caller giving up leaves the connect
-        # to the others sharing it.)
-        done, _ = await asyncio.wait({task}, timeout=remaining)
-        if not done:
-            raise DeadlineExceeded(
-                f"deadline passed while connecting to {self.address[0]}:{self.address[1]}"
-            )
-        return task.result()
+        for _ in range(3):
+            conn = self._conn
+            if conn is not None and conn.usable:
+                return conn
+            if self._closed:
+                raise RuntimeError("the client is closed")
+            task = self._connecting
+            if task is None:
+                task = self._connecting = asyncio.get_running_loop().create_task(self._open())
+                task.add_done_callback(self._connected)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded("deadline passed while connecting")
+            # (asyncio.wait never cancels the task: a caller giving up leaves the connect
+            # to the others sharing it.)
+            done, _ = await asyncio.wait({task}, timeout=remaining)
+            if not done:
+                raise DeadlineExceeded(
+                    f"deadline passed while connecting to {self.address[0]}:{self.address[1]}"
+                )
+            conn = task.result()
+            if conn.usable:
+                return conn
+            # The callers woken before us used up its request ids (or it is lost already):
+            # open the next one.
+        return conn
 
     def _connected(self, task: asyncio.Task[RPCClientProtocol]) -> None:
         if self._connecting is task:

@@ -96,8 +96,9 @@ def _tick_interval(*timeouts: float | None) -> float:
 
 
 def _copy(error: BaseException) -> BaseException:
-    """A fresh instance of a connection error (each caller raises its own), chained."""
-    fresh = type(error)(*error.args)
+    """A fresh instance of a stored error (each caller raises its own), chained to it."""
+    cls, args = error.__reduce__()[:2]  # RemoteError's keeps code, type and details
+    fresh = cls(*args)
     fresh.__cause__ = error.__cause__ or error
     return fresh
 
