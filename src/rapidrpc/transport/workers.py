@@ -47,7 +47,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol
 
-__all__ = ["LoopLike", "Supervisor", "WorkerCrashLoop", "reuseport_supported"]
+__all__ = ["LoopLike", "Supervisor", "WorkerCrashLoop", "bind_listeners", "reuseport_supported"]
 
 _log = logging.getLogger("rapidrpc.workers")
 
@@ -73,6 +73,34 @@ class WorkerCrashLoop(RuntimeError):
 def reuseport_supported() -> bool:
     """True when this platform has ``SO_REUSEPORT`` (Linux >= 3.9, the BSDs, macOS)."""
     return hasattr(socket, "SO_REUSEPORT")
+
+
+def bind_listeners(
+    first: socket.socket, count: int, backlog: int = 1024
+) -> tuple[list[socket.socket], str]:
+    """*count* listening sockets on *first*'s address: ``(sockets, sharing)``.
+
+    With ``SO_REUSEPORT`` (and *first* bound with it) these are *first* plus ``count - 1``
+    new sockets and sharing is ``"reuseport"``; otherwise *first* repeated, ``"shared"``.
+    """
+    if count > 1 and reuseport_supported():
+        socks = [first]
+        try:
+            if not first.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+                raise OSError("the first listening socket was bound without SO_REUSEPORT")
+            addr = first.getsockname()[:2]
+            for _ in range(count - 1):
+                socks.append(
+                    socket.create_server(
+                        addr, family=first.family, backlog=backlog, reuse_port=True
+                    )
+                )
+            return socks, "reuseport"
+        except OSError as exc:
+            for sock in socks[1:]:
+                sock.close()
+            _log.warning("rapidrpc: SO_REUSEPORT unavailable (%s); workers share one socket", exc)
+    return [first] * count, "shared"
 
 
 class _Slot:
@@ -127,11 +155,12 @@ class Supervisor:
         #: Workers restarted after dying.
         self.restarts = 0
         self._make_loop = make_loop
-        self._slots = [_Slot(i, s) for i, s in enumerate(self._listeners(listener, backlog))]
+        self._listener = listener
+        self._backlog = backlog
+        # Sockets, slots and the wake pipe exist while run() runs (it releases them all).
+        self._slots: list[_Slot] = []
+        self._wake_r = self._wake_w = -1
         self._restart_times: deque[float] = deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
         self._stop_grace: float | None = None  # requested; read by the supervision loop
         self._stopping_grace: float | None = None  # acted on
         self._kill_at: float | None = None
@@ -139,30 +168,6 @@ class Supervisor:
         self._signals = 0  # SIGTERM/SIGINT received by our own handlers
         self._running = threading.Event()
         self._finished = threading.Event()
-
-    def _listeners(self, first: socket.socket, backlog: int) -> list[socket.socket]:
-        """One listening socket per worker on *first*'s address, or *first* for all."""
-        socks = [first]
-        if self.workers > 1 and reuseport_supported():
-            addr = first.getsockname()
-            try:
-                if not first.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
-                    raise OSError("the first listening socket was bound without SO_REUSEPORT")
-                for _ in range(self.workers - 1):
-                    socks.append(
-                        socket.create_server(
-                            addr[:2], family=first.family, backlog=backlog, reuse_port=True
-                        )
-                    )
-                self.sharing = "reuseport"
-                return socks
-            except OSError as exc:
-                for s in socks[1:]:
-                    s.close()
-                _log.warning(
-                    "rapidrpc: SO_REUSEPORT unavailable (%s); workers share one socket", exc
-                )
-        return [first] * self.workers
 
     # --- public control (any thread, or a signal handler) ---------------------------------
 
@@ -192,8 +197,11 @@ class Supervisor:
         return self._finished.wait(timeout)
 
     def _wake(self) -> None:
+        fd = self._wake_w
+        if fd < 0:  # not running: run() checks the request before it first waits
+            return
         try:
-            os.write(self._wake_w, b"\0")
+            os.write(fd, b"\0")
         except OSError:  # full (a wakeup is pending anyway) or closed (run has ended)
             pass
 
@@ -214,13 +222,20 @@ class Supervisor:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        restore = self._install_signals()
-        tick = _TICK_MAIN if restore is not None else _TICK_THREAD
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        restore = None
         try:
-            for slot in self._slots:
-                self._spawn(slot)
+            socks, self.sharing = bind_listeners(self._listener, self.workers, self._backlog)
+            self._slots = [_Slot(i, sock) for i, sock in enumerate(socks)]
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            restore = self._install_signals()
+            tick = _TICK_MAIN if restore is not None else _TICK_THREAD
+            if self._stop_grace is None:  # (stop() may have come first)
+                for slot in self._slots:
+                    self._spawn(slot)
             self._running.set()
             while True:
                 self._reap()
@@ -245,8 +260,10 @@ class Supervisor:
             self._close_listeners()
             if restore is not None:
                 restore()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            wake_r, wake_w, self._wake_r, self._wake_w = self._wake_r, self._wake_w, -1, -1
+            for fd in (wake_r, wake_w):
+                if fd >= 0:
+                    os.close(fd)
             self._running.set()  # never leave wait_running() hanging
             self._finished.set()
         if self._crash is not None:
@@ -410,7 +427,9 @@ class Supervisor:
                 slot.pid = 0
 
     def _close_listeners(self) -> None:
-        for sock in {id(s.listener): s.listener for s in self._slots}.values():
+        socks = {id(s.listener): s.listener for s in self._slots}
+        socks[id(self._listener)] = self._listener
+        for sock in socks.values():
             try:
                 sock.close()
             except OSError:
