@@ -36,6 +36,7 @@ HOW_TO_GO_PURE = (
 EXTENSIONS = [
     ("rapidrpc.wire._serializer_c", "cext/serializer.pyx"),
     ("rapidrpc.wire._framing_c", "cext/framing.pyx"),
+    ("rapidrpc.transport._eventloop_c", "cext/eventloop.pyx"),
 ]
 
 DIRECTIVES = {

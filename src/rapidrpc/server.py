@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from .client import wire_modules
 from .core.dispatch import Dispatcher
-from .transport import eventloop
+from .transport import eventloop, loops
 from .wire import constants as C
 
 __all__ = ["Server"]
@@ -37,14 +37,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _loop_class(backend: str) -> type[eventloop.EventLoop]:
-    """The event loop implementation for *backend*.
-
-    Both backends run the pure-Python loop for now (with their own wire modules); the
-    Cython epoll loop plugs in here with the same constructor, ``run``, ``stop``,
-    ``wait_running`` and ``join``.
+    """The event loop implementation for *backend*: the compiled epoll loop for
+    ``"cython"``, the pure-Python loop for ``"python"`` (see :mod:`rapidrpc.transport.loops`).
+    Both have the same constructor, ``run``, ``stop``, ``wait_running`` and ``join``.
     """
-    del backend
-    return eventloop.EventLoop
+    return loops.loop_class(backend)  # type: ignore[no-any-return]
 
 
 class Server:
@@ -124,13 +121,13 @@ class Server:
     def connection_count(self) -> int:
         """Connections currently open (0 when not running)."""
         loop = self._loop
-        return loop.connection_count if isinstance(loop, eventloop.EventLoop) else 0
+        return loop.connection_count if isinstance(loop, loops.LOOP_TYPES) else 0
 
     @property
     def stats(self) -> dict[str, int]:
         """Counters of the running loop: accepted, rejected, protocol_errors, accept_paused."""
         loop = self._loop
-        return dict(loop.stats) if isinstance(loop, eventloop.EventLoop) else {}
+        return dict(loop.stats) if isinstance(loop, loops.LOOP_TYPES) else {}
 
     # --- registration (delegates to the dispatcher) ----------------------------------------
 
