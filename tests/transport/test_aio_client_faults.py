@@ -169,9 +169,7 @@ def test_unknown_and_duplicate_reply_ids_are_dropped(arun, scripted_server, back
 @pytest.mark.parametrize(
     "reply",
     [
-        pytest.param(
-            lambda w, rid: w["framing"].encode_frame(RESP, rid, b"\xc1"), id="bad"
-        ),
+        pytest.param(lambda w, rid: w["framing"].encode_frame(RESP, rid, b"\xc1"), id="bad"),
         pytest.param(
             lambda w, rid: w["framing"].encode_frame(ERR, rid, w["serializer"].dumps(["x"])),
             id="malformed-error",
