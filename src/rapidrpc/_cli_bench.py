@@ -376,7 +376,7 @@ def format_table(
 
 
 def run(
-    seconds: float = 8.0,
+    seconds: float = 7.0,
     payload: int = 1024,
     as_json: bool = False,
     progress: bool | None = None,

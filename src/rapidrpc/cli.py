@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "another CPU than the client when possible.",
     )
     bench.add_argument(
-        "--seconds", type=_seconds, default=8.0, help="total measuring time (default: 8)"
+        "--seconds", type=_seconds, default=7.0, help="total measuring time (default: 7)"
     )
     bench.add_argument("--payload", type=int, default=1024, help="echo size in bytes")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -205,8 +205,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         options["max_frame_size"] = args.max_frame_size
     try:
         server = rapidrpc.Server(args.host, args.port, **options)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         _err(f"serve: cannot listen on {_format_address(args.host, args.port)}: {exc}")
+        return EXIT_USAGE
+    except ValueError as exc:  # e.g. --backend cython without the compiled extension
+        _err(f"serve: {exc}")
         return EXIT_USAGE
     try:
         _, skipped = register_target(server, target, blocking=args.blocking)
