@@ -125,11 +125,6 @@ def test_async_handlers_point_to_aio(make_server) -> None:
         server.register(coro)
 
 
-def test_workers_not_implemented_yet(backend_name) -> None:
-    with pytest.raises(NotImplementedError):
-        rapidrpc.Server(workers=2, backend=backend_name)
-
-
 def test_out_of_order_replies(make_server, make_client) -> None:
     """A blocking handler and an inline one in flight together: the later one answers first."""
     server = make_server()
