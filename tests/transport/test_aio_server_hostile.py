@@ -16,9 +16,10 @@ import time
 import aio_support
 import pytest
 from aio_support import cancel_frame, header, replies, request_frame
-from rpc_helpers import wait_until
+from rpc_helpers import wait_until, wire_of
 
 from rapidrpc import StatusCode
+from rapidrpc.core.protocol import ClientConnection
 from rapidrpc.wire import constants as C
 
 REQ, RESP, ERR = C.KIND_REQUEST, C.KIND_RESPONSE, C.KIND_ERROR
@@ -104,8 +105,6 @@ def test_bad_frame_gets_goaway_then_close(echo_server, raw_peer, make_client, da
 
 def test_malformed_envelope_keeps_the_connection(echo_server, raw_peer, backend_name) -> None:
     """HOSTILE 23: a request of the wrong shape is an error reply, not a disconnect."""
-    from rpc_helpers import wire_of
-
     w = wire_of(backend_name)
     peer = raw_peer(echo_server.address)
     bad = w["framing"].encode_frame(REQ, 1, w["serializer"].dumps({"not": "a list"}))
@@ -356,6 +355,32 @@ def assert_still_serving_blob(server, make_client) -> None:
 
 
 # --- limits across connections, idle, keepalive, graceful stop -----------------------------
+
+
+def test_flood_of_idle_connections(aio_server, make_client, backend_name) -> None:
+    """HOSTILE 9, the driver's part: 500 idle native connections hold only their sockets;
+    a call on a new one goes through; all of them close cleanly."""
+    server = aio_server(start=False)
+    server.server.register(lambda: "ok", name="ok")
+    server.start()
+    hello = ClientConnection(**wire_of(backend_name))
+    hello.initiate()
+    greeting = hello.data_to_send()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(500):
+            sock = socket.create_connection(server.address, timeout=5)
+            socks.append(sock)
+            sock.sendall(greeting)
+        assert wait_until(lambda: server.connection_count == 500, 10)
+        client = make_client(server.address)
+        assert client.ok() == "ok"
+        client.close()
+    finally:
+        for sock in socks:
+            sock.close()
+    assert wait_until(lambda: server.connection_count == 0, 10)
+    assert server.stats["accepted"] == 501
 
 
 def test_max_connections_refused_with_goaway(aio_server, raw_peer) -> None:

@@ -18,7 +18,8 @@ TCP, Unix sockets, TLS.  They are the embedding API (see docs/embedding.md)::
 :mod:`rapidrpc.transport.eventloop` (the reference): plain handlers run inline on the loop,
 ``blocking=True`` ones in the loop's default executor, ``async def`` ones as tasks that are
 cancelled when the client cancels or the deadline passes.  Output is written once per batch
-(one ``write``/``writelines`` per received chunk, and per loop turn for completions).
+(per received chunk, and per loop turn for completions): small frames joined into one
+``write``, large bodies passed on as they are, never copied into a joined buffer.
 Backpressure: past ``high_water`` queued bytes (the transport's ``pause_writing``, or the
 replies of one chunk) the protocol stops reading the peer until it drains; past
 ``2 * max_frame_size`` the connection is aborted, as is one whose output makes no progress
@@ -75,6 +76,7 @@ _KIND_RESPONSE = C.KIND_RESPONSE
 _KIND_ERROR = C.KIND_ERROR
 _KIND_GOAWAY = C.KIND_GOAWAY
 _Task = asyncio.Task
+_LARGE = C.ZERO_COPY_MIN_BODY  # bodies this large travel as separate chunks
 
 
 def _set_nodelay(transport: asyncio.BaseTransport, keepalive: bool = False) -> None:
@@ -88,6 +90,26 @@ def _set_nodelay(transport: asyncio.BaseTransport, keepalive: bool = False) -> N
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     except (OSError, AttributeError):  # an exotic transport: the options are an optimization
         pass
+
+
+def _write_chunks(transport: asyncio.WriteTransport, chunks: list[Any]) -> None:
+    """Write queued output: one ``write`` for a lone chunk, else small chunks joined and
+    large bodies (which the protocol queues apart) passed as they are, so no transport
+    copies them into a joined buffer."""
+    if len(chunks) == 1:
+        transport.write(chunks[0])
+        return
+    run: list[Any] = []
+    for chunk in chunks:
+        if len(chunk) >= _LARGE:
+            if run:
+                transport.write(run[0] if len(run) == 1 else b"".join(run))
+                run = []
+            transport.write(chunk)
+        else:
+            run.append(chunk)
+    if run:
+        transport.write(run[0] if len(run) == 1 else b"".join(run))
 
 
 def _tick_interval(*timeouts: float | None) -> float:
@@ -449,15 +471,11 @@ class RPCServerProtocol(asyncio.Protocol):
         if not proto.output_size:
             return
         out = proto.take_output()
-        if self._closed or self._eof_sent:
-            return  # nobody to say it to
         transport = self.transport
-        assert transport is not None
-        if len(out) == 1:
-            transport.write(out[0])
-        else:
-            transport.writelines(out)
-        if transport.get_write_buffer_size() > self._max_output:
+        if self._closed or self._eof_sent or transport.is_closing():  # type: ignore[union-attr]
+            return  # nobody to say it to
+        _write_chunks(transport, out)  # type: ignore[arg-type]
+        if transport.get_write_buffer_size() > self._max_output:  # type: ignore[union-attr]
             # A peer that does not read its replies: cap the memory it can pin (HOSTILE 8).
             self._abort()
 
@@ -497,8 +515,12 @@ class RPCServerProtocol(asyncio.Protocol):
         if self._closed:
             return
         if transport.can_write_eof():
-            transport.write_eof()  # after the buffered output
             self._eof_sent = True
+            try:
+                transport.write_eof()  # after the buffered output
+            except OSError:  # the peer is gone already
+                transport.abort()
+                return
             self._resume_reading()
             delay = self.config.linger if linger is None else linger
             self._linger_handle = self._loop.call_later(delay, transport.abort)  # type: ignore[union-attr]
@@ -911,10 +933,7 @@ class RPCClientProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if len(out) == 1:
-            transport.write(out[0])
-        else:
-            transport.writelines(out)
+        _write_chunks(transport, out)
 
     # --- keepalive --------------------------------------------------------------------------
 
