@@ -250,6 +250,9 @@ class Client:
     ``close``, ...) are reached with :meth:`call`.
     """
 
+    #: Seconds :meth:`close` lets queued output drain before dropping the connection.
+    _CLOSE_FLUSH = 2.0
+
     def __init__(
         self,
         address: str | tuple[str, int],
@@ -420,7 +423,11 @@ class Client:
         for conn in conns:
             conn.close()
         for conn in conns:
-            await conn.wait_closed(5.0)
+            # A close flushes queued output first; a server that stopped reading gets a
+            # bounded time for that, then the connection is dropped.
+            if not await conn.wait_closed(self._CLOSE_FLUSH):
+                conn.abort()
+                await conn.wait_closed(1.0)
 
     async def __aenter__(self) -> Client:
         return self

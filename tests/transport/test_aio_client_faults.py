@@ -314,3 +314,38 @@ def test_request_ids_exhausted_open_a_new_connection(arun, backend_name, monkeyp
             assert await wait_for_condition(lambda: server.connection_count == 1)
 
     arun(main())
+
+
+def test_calls_wait_while_the_server_does_not_read(
+    arun, scripted_server, backend_name, monkeypatch
+) -> None:
+    """The client honours pause_writing: while its buffer is over the high-water mark (the
+    server stopped reading), new calls wait unsent, bounded by their deadline."""
+    monkeypatch.setattr(aio.Client, "_CLOSE_FLUSH", 0.2)
+
+    def script(srv, sock, proto):
+        srv.handshake(sock, proto)
+        srv.stopping.wait(10)  # never reads again
+
+    server = scripted_server(script)
+
+    async def main() -> None:
+        client = client_for(server, backend_name)
+        try:
+            big = b"x" * (12 << 20)  # more than the kernel buffers take
+            first = asyncio.ensure_future(client.call("echo", big))
+            assert await wait_for_condition(lambda: client._conn is not None)
+            conn = client._conn
+            assert await wait_for_condition(lambda: conn._writing_paused)
+            queued = conn.transport.get_write_buffer_size()
+            with pytest.raises(DeadlineExceeded, match="before it could be sent"):
+                await client.call("echo", big, timeout=0.2)
+            assert conn.transport.get_write_buffer_size() <= queued  # never queued
+            assert conn.pending == 1
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+        finally:
+            await client.close()  # bounded although the server never takes the bytes
+
+    arun(main())

@@ -87,7 +87,7 @@ def test_standalone_protocols_on_create_server(arun, backend_name) -> None:
         # The idle timeout of a standalone protocol: goaway, then the client retires.
         assert await wait_for_condition(lambda: not client.usable, 5)
         assert await client.wait_closed(5)
-        assert protocols[0].closed
+        assert await wait_for_condition(lambda: protocols[0].closed)
         with pytest.raises(ConnectionLost):  # (NotSent: nothing sent, safe to retry)
             await client.call("add", [1, 1])
         server.close()

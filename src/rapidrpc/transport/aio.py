@@ -522,10 +522,11 @@ class RPCServerProtocol(asyncio.Protocol):
                 transport.abort()
                 return
             self._resume_reading()
-            delay = self.config.linger if linger is None else linger
-            self._linger_handle = self._loop.call_later(delay, transport.abort)  # type: ignore[union-attr]
         else:  # TLS: close_notify after the buffered output
             transport.close()
+        # Either way the peer gets a bounded time to take the output (and say EOF).
+        delay = self.config.linger if linger is None else linger
+        self._linger_handle = self._loop.call_later(delay, transport.abort)  # type: ignore[union-attr]
 
     def _abort(self) -> None:
         self._closing = True
@@ -735,6 +736,8 @@ class RPCClientProtocol(asyncio.Protocol):
         self._last_heard = 0.0
         self._ping_sent = 0.0
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._writing_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
 
     # --- state ------------------------------------------------------------------------------
 
@@ -859,6 +862,9 @@ class RPCClientProtocol(asyncio.Protocol):
         the caller's whole deadline when part of it was spent before (connecting); the
         error message names it.
         """
+        if self._writing_paused:
+            budget = budget or timeout
+            timeout = await self._drain(method, timeout, budget)
         if self.error is not None:
             raise NotSent(str(self.error))
         loop = self._loop
@@ -877,6 +883,46 @@ class RPCClientProtocol(asyncio.Protocol):
         finally:
             if timer is not None:
                 timer.cancel()
+
+    async def _drain(
+        self, method: str, timeout: float | None, budget: float | None
+    ) -> float | None:
+        """Wait while the transport's buffer is over its high-water mark (the server is
+        not reading); return what is left of *timeout*.  Nothing is queued meanwhile."""
+        loop = self._loop
+        assert loop is not None
+        deadline = None if timeout is None else _now() + timeout
+        while self._writing_paused and self.error is None:
+            wait = None if deadline is None else deadline - _now()
+            if wait is not None and wait <= 0:
+                raise DeadlineExceeded(
+                    f"call {method!r} exceeded its deadline of {budget or timeout}s "
+                    "before it could be sent (the server is not reading)"
+                )
+            waiter = loop.create_future()
+            self._drain_waiters.append(waiter)
+            try:
+                await asyncio.wait({waiter}, timeout=wait)
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                    self._drain_waiters.remove(waiter)
+        return None if deadline is None else max(0.0, deadline - _now())
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed its high-water mark: new calls wait."""
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        """The buffer drained: let waiting calls go."""
+        self._writing_paused = False
+        self._wake_drain_waiters()
+
+    def _wake_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def notify(
         self,
@@ -981,6 +1027,7 @@ class RPCClientProtocol(asyncio.Protocol):
                 fut.set_exception(_copy(error))
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
+        self._wake_drain_waiters()
         transport = self.transport
         if transport is not None:
             if abort:
@@ -1002,6 +1049,8 @@ class RPCClientProtocol(asyncio.Protocol):
     def abort(self) -> None:
         """Close at once, dropping unsent output; pending calls fail with ConnectionLost."""
         self._lost(ConnectionLost(f"{self.peer}: connection aborted by the client"), abort=True)
+        if self.transport is not None:  # (also when an earlier close() is still flushing)
+            self.transport.abort()
 
     async def wait_closed(self, timeout: float | None = None) -> bool:
         """Wait until the transport reported the connection closed; False on timeout."""
