@@ -17,6 +17,7 @@ import pytest
 from rpc_helpers import RawPeer, ScriptedServer, fd_count, thread_ids, wait_until
 
 import rapidrpc
+from rapidrpc.transport import loops
 from rapidrpc.transport.eventloop import EventLoop
 
 
@@ -34,7 +35,9 @@ def no_leaks() -> Iterator[None]:
 
 @pytest.fixture
 def loop_kind() -> str:
-    """The server loop's poller: ``"epoll"``; a module overrides it to rerun its tests."""
+    """The server loop: ``"epoll"`` is the backend's own loop (the compiled one for
+    ``cython``, the pure one for ``python``); a module overrides it with ``"selectors"`` to
+    rerun its tests on the pure loop's selectors fallback."""
     return "epoll"
 
 
@@ -50,6 +53,8 @@ def make_server(backend_name: str, loop_kind: str) -> Iterator[Callable[..., rap
             server._loop_factory = functools.partial(
                 EventLoop, use_epoll=False, selector_cls=selectors.PollSelector
             )
+        else:  # every server-side test runs once per loop: the backend picks it
+            assert server._loop_factory is loops.loop_class(kw["backend"])
         servers.append(server)
         if start:
             server.start()
