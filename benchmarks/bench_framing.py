@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from testsupport import load_backend
 from rapidrpc.wire.constants import HEADER_SIZE, KIND_REQUEST, KIND_RESPONSE
+from testsupport import load_backend
 
 SMALL_COUNT = 10_000
 SMALL_BODY = b"\x93\xa3add\x92\x01\x02\x80" + b"\x00" * 11  # 20 bytes

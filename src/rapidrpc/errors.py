@@ -10,20 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "StatusCode",
-    "RapidRPCError",
-    "SerializationError",
-    "ProtocolError",
-    "FrameError",
-    "LimitExceeded",
-    "RemoteError",
-    "MethodNotFound",
-    "InvalidParams",
-    "DeadlineExceeded",
     "Cancelled",
-    "ResourceExhausted",
-    "Unavailable",
     "ConnectionLost",
+    "DeadlineExceeded",
+    "FrameError",
+    "InvalidParams",
+    "LimitExceeded",
+    "MethodNotFound",
+    "ProtocolError",
+    "RapidRPCError",
+    "RemoteError",
+    "ResourceExhausted",
+    "SerializationError",
+    "StatusCode",
+    "Unavailable",
     "remote_error_class",
 ]
 
@@ -148,8 +148,14 @@ class ConnectionLost(RapidRPCError, ConnectionError):
 
 _BY_CODE: dict[int, type[RemoteError]] = {
     cls.code: cls
-    for cls in (MethodNotFound, InvalidParams, DeadlineExceeded, Cancelled, ResourceExhausted,
-                Unavailable)
+    for cls in (
+        MethodNotFound,
+        InvalidParams,
+        DeadlineExceeded,
+        Cancelled,
+        ResourceExhausted,
+        Unavailable,
+    )
 }
 
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from testsupport import load_backend
 from rapidrpc import FrameError
 from rapidrpc.wire import constants, framing
+from testsupport import load_backend
 
 KINDS = sorted(constants.KIND_NAMES)
 FLAG_VALUES = (0, constants.FLAG_END_STREAM)

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from testsupport import load_backend
 from rapidrpc import FrameError, ProtocolError
 from rapidrpc.wire import constants
+from testsupport import load_backend
 
 MiB = 1024 * 1024
 
