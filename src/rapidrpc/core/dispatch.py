@@ -236,16 +236,33 @@ class Dispatcher:
                 return method.func(*args, **kwargs)
             return method.func(*args)
         except TypeError as exc:
-            if method.signature is not None:
-                invalid = _bind_fails(method.signature, args, kwargs or {})
-            else:
-                # No signature to check: a TypeError from binding is raised before the
-                # handler has a frame, so only the caller's frame is on the traceback.
-                tb = exc.__traceback__
-                invalid = tb is None or tb.tb_next is None
-            if invalid:
-                raise InvalidParams(f"{method.name}(): {exc}") from None
+            invalid = self.argument_error(method, args, kwargs, exc)
+            if invalid is not None:
+                raise invalid from None
             raise
+
+    def argument_error(
+        self,
+        method: Method,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any] | None,
+        exc: TypeError,
+    ) -> InvalidParams | None:
+        """The InvalidParams for *exc* when it came from binding *args*/*kwargs* to *method*;
+        None when the handler body raised it (an ordinary handler error).
+
+        *exc* must have been caught in the frame that called ``method.func`` (as
+        :meth:`invoke` does): drivers that call handlers themselves, like a compiled fast
+        path, use this to apply the same rule.
+        """
+        if method.signature is not None:
+            invalid = _bind_fails(method.signature, args, kwargs or {})
+        else:
+            # No signature to check: a TypeError from binding is raised before the
+            # handler has a frame, so only the caller's frame is on the traceback.
+            tb = exc.__traceback__
+            invalid = tb is None or tb.tb_next is None
+        return InvalidParams(f"{method.name}(): {exc}") if invalid else None
 
     def call(
         self,
