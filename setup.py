@@ -37,6 +37,7 @@ EXTENSIONS = [
     ("rapidrpc.wire._serializer_c", "cext/serializer.pyx"),
     ("rapidrpc.wire._framing_c", "cext/framing.pyx"),
     ("rapidrpc.transport._eventloop_c", "cext/eventloop.pyx"),
+    ("rapidrpc.transport._client_c", "cext/client.pyx"),
 ]
 
 DIRECTIVES = {

@@ -27,7 +27,7 @@ from .transport import blocking
 from .transport.blocking import BlockingConnection, NotSent
 from .wire import constants as C
 
-__all__ = ["Client", "parse_address", "wire_modules"]
+__all__ = ["Client", "parse_address", "resolve_backend", "wire_modules"]
 
 
 def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
@@ -43,14 +43,20 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def resolve_backend(backend: str | None) -> str:
+    """*backend*, or the active backend's name when None."""
+    if backend is None:
+        from . import _backend
+
+        return _backend.active()
+    return backend
+
+
 def wire_modules(backend: str | None) -> tuple[ModuleType, ModuleType]:
     """The (serializer, framing) implementation modules of *backend* (None: the active one)."""
     from .wire import framing, serializer
 
-    if backend is None:
-        from . import _backend
-
-        backend = _backend.active()
+    backend = resolve_backend(backend)
     try:
         return serializer.IMPLEMENTATIONS[backend], framing.IMPLEMENTATIONS[backend]
     except KeyError:
@@ -112,6 +118,7 @@ class Client:
         self.address = parse_address(address)
         self.timeout = timeout
         self._serializer, self._framing = wire_modules(backend)
+        self._conn_class = blocking.connection_class(resolve_backend(backend))
         self._conn_kw = {
             "connect_timeout": connect_timeout,
             "max_frame_size": max_frame_size,
@@ -150,7 +157,7 @@ class Client:
             if conn is not None:
                 conn.retire()  # in-flight calls finish on it; it closes when idle
             self._conn = None
-            self._conn = conn = BlockingConnection(*self.address, **self._conn_kw)
+            self._conn = conn = self._conn_class(*self.address, **self._conn_kw)
             return conn
 
     # --- calls ------------------------------------------------------------------------------

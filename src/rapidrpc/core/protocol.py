@@ -545,6 +545,10 @@ class ClientConnection(Connection):
         """Calls awaiting a reply (held ones included)."""
         return len(self._pending)
 
+    def is_pending(self, request_id: int) -> bool:
+        """True while the call *request_id* awaits its reply (held ones included)."""
+        return request_id in self._pending
+
     def send_request(
         self,
         method: str,

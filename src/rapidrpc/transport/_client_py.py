@@ -1,0 +1,353 @@
+"""The hot paths of a blocking client connection, in pure Python (twin of cext/client.pyx).
+
+:class:`ConnectionCore` does the per-call work of
+:class:`~rapidrpc.transport.blocking.BlockingConnection`: queue a request, send the queued
+output (one thread sends for all: requests queued while another thread is sending leave
+with its next write), wait for the reply as leader or follower, read the socket into one
+reusable buffer and route every reply found there.  The rare paths -- connecting, waiting
+for writability, keepalive pings, losing the connection, cancelling, expiring async
+deadlines -- exist once, in BlockingConnection, and the core calls them by name
+(``_where``, ``_write_rest``, ``_silence``, ``_lost``, ``_forget``, ``_expire_async``,
+``_ensure_reader``).  BlockingConnection's ``__init__`` sets every attribute the core
+reads, then calls :meth:`ConnectionCore._core_init`.
+
+The compiled twin (``rapidrpc.transport._client_c``) implements the same methods with the
+same behaviour, fusing the steps in C; the client tests run on both.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import socket
+from concurrent.futures import Future
+from time import monotonic
+from typing import Any
+
+from ..errors import ConnectionLost, DeadlineExceeded, ProtocolError
+from ..wire import constants as C
+from ._common import RECV_SIZE, SYNC, NotSent, copy_error, settle, unwrap
+
+__all__ = ["CallFuture", "ConnectionCore"]
+
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_KIND_RESPONSE = C.KIND_RESPONSE
+_KIND_ERROR = C.KIND_ERROR
+_KIND_GOAWAY = C.KIND_GOAWAY
+_REPLY_KINDS = frozenset((_KIND_RESPONSE, _KIND_ERROR))
+# Async deadlines: the reader wakes at least this often while any is pending, so a call
+# submitted with an earlier deadline than the ones it is already waiting for expires on time.
+_ASYNC_SLICE = 0.02
+# The reader thread, while a synchronous caller reads for everyone, checks deadlines this often.
+_FOLLOW_SLICE = 0.05
+
+
+class CallFuture(Future):  # type: ignore[type-arg]
+    """The :class:`concurrent.futures.Future` of one ``call_async``.
+
+    Cancelling it (before its reply arrived) also cancels the call on the server.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__()
+        self._conn = conn
+        self._rid = 0
+
+    def cancel(self) -> bool:
+        """Cancel the call; False when its outcome is already known."""
+        if not super().cancel():
+            return False
+        self._conn._forget(self._rid)
+        return True
+
+
+class ConnectionCore:
+    """Per-call work of one blocking connection (see the module docstring)."""
+
+    # Attributes (set by BlockingConnection.__init__): sock, proto, keepalive, error,
+    # draining, _state, _cond, _send_lock, _read_lock, _results, _async_deadlines,
+    # _reader, _last_heard, _ping_sent, _waiters, _closed, _rpoll, _wpoll, _recv_slice.
+
+    def _core_init(self) -> None:
+        """Set up the receive buffer (called once the handshake is done)."""
+        self._rbuf = bytearray(RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
+        # When the connection last went from no call pending to one: keepalive measures
+        # the server's silence from the later of this and the last byte heard.
+        self._busy_since = monotonic()
+
+    # --- calls ----------------------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> Any:
+        """Send a call and wait for its result (raises the remote error, or a local one)."""
+        now = monotonic()
+        deadline = None if timeout is None else now + timeout
+        with self._state:
+            if self.error is not None:
+                raise NotSent(str(self.error))
+            proto = self.proto
+            if not proto.pending:
+                self._busy_since = now
+            rid = proto.send_request(method, args, kwargs, SYNC, timeout)
+        try:
+            self._flush(deadline)
+        except DeadlineExceeded:
+            with self._state:
+                self._results.pop(rid, None)
+            raise
+        return self._wait(rid, deadline, method, timeout)
+
+    def call_async(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> Future[Any]:
+        """Send a call; return a Future completed by whichever thread reads its reply."""
+        future = CallFuture(self)
+        with self._state:
+            if self.error is not None:
+                raise NotSent(str(self.error))
+            proto = self.proto
+            if not proto.pending:
+                self._busy_since = monotonic()
+            future._rid = rid = proto.send_request(method, args, kwargs, future, timeout)
+            if timeout is not None:
+                self._push_deadline(monotonic() + timeout, rid)
+        self._flush(None)
+        if self._reader is None:
+            self._ensure_reader()
+        return future
+
+    def notify(
+        self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any] | None
+    ) -> None:
+        """Send a notification (no reply, no waiting)."""
+        with self._state:
+            if self.error is not None:
+                raise NotSent(str(self.error))
+            self.proto.send_notification(method, args, kwargs)
+        self._flush(None)
+
+    def _push_deadline(self, deadline: float, rid: int) -> None:
+        """Record an async call's deadline for the reader (under ``_state``)."""
+        heap = self._async_deadlines
+        heapq.heappush(heap, (deadline, rid))
+        pending = self.proto.pending
+        if len(heap) > 2 * pending + 64:
+            # Entries of answered calls linger until their deadline; drop them now and
+            # then, so the heap stays proportional to the calls actually pending.
+            heap[:] = [entry for entry in heap if self.proto.is_pending(entry[1])]
+            heapq.heapify(heap)
+
+    # --- sending --------------------------------------------------------------------------
+
+    def _flush(self, deadline: float | None, quiet: bool = False) -> None:
+        """Send every queued frame, unless another thread is sending (then it sends ours).
+
+        A send that fails loses the connection (the pending calls fail with it).  When it
+        stalls past *deadline* this raises DeadlineExceeded, unless *quiet*.
+        """
+        send_lock = self._send_lock
+        while send_lock.acquire(False):
+            try:
+                while self.error is None:
+                    with self._state:
+                        chunks = self.proto.take_output()
+                    if not chunks:
+                        break
+                    try:
+                        self._write_all(chunks, deadline)
+                    except OSError as exc:
+                        # Part of a frame may be on the wire: the stream cannot be trusted.
+                        if isinstance(exc, TimeoutError) and deadline is not None and not quiet:
+                            self._lost(
+                                ConnectionLost(f"{self._where()}: a send outlived its deadline")
+                            )
+                            raise DeadlineExceeded(
+                                "deadline passed while sending the request"
+                            ) from exc
+                        self._lost(ConnectionLost(f"{self._where()}: send failed: {exc}"))
+                        return
+            finally:
+                send_lock.release()
+            # Output queued after our last take, while we still held the lock, is ours.
+            if not self.proto.output_size or self.error is not None:
+                return
+
+    def _send_queued(self, deadline: float) -> None:
+        """Send queued output (pongs, cancels) by *deadline*; a failure loses the connection."""
+        self._flush(deadline, quiet=True)
+
+    def _write_all(self, chunks: list[Any], deadline: float | None) -> None:
+        """One non-blocking send; the slow path takes over when the kernel is full."""
+        if len(chunks) == 1:
+            data = chunks[0]
+            try:
+                sent = self.sock.send(data, _DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return  # the common case: one syscall
+            self._write_rest([memoryview(data)[sent:]], deadline)
+        else:
+            self._write_rest([memoryview(c) for c in chunks], deadline)
+
+    # --- waiting and reading ----------------------------------------------------------------
+
+    def _wait(self, rid: int, deadline: float | None, method: str, timeout: float | None) -> Any:
+        results = self._results
+        read_lock = self._read_lock
+        outcome = None
+        while True:
+            if read_lock.acquire(False):
+                # Leader: read (routing everyone's replies) until ours is in.
+                try:
+                    while rid not in results and self.error is None:
+                        if deadline is not None and monotonic() >= deadline:
+                            break
+                        self._read_once(deadline)
+                finally:
+                    read_lock.release()
+                    if self._waiters:  # (read again under the lock below: no lost wakeup)
+                        with self._state:
+                            self._cond.notify_all()
+            with self._state:
+                outcome = results.pop(rid, None)
+                if outcome is not None:
+                    break
+                if self.error is not None:
+                    raise copy_error(self.error)
+                wait = None if deadline is None else deadline - monotonic()
+                if wait is not None and wait <= 0:
+                    self.proto.cancel(rid)  # a late reply is then dropped as unknown
+                    break
+                if read_lock.locked():
+                    # Follower: the leader routes our reply, or frees the lock, and wakes us.
+                    self._waiters += 1
+                    try:
+                        self._cond.wait(wait)
+                    finally:
+                        self._waiters -= 1
+        if outcome is None:
+            self._flush(monotonic() + 1.0, quiet=True)  # the cancel frame
+            raise DeadlineExceeded(f"call {method!r} exceeded its deadline of {timeout}s")
+        return unwrap(outcome)
+
+    def _read_once(self, deadline: float | None, slice_: float | None = None) -> None:
+        """Read the socket once (bounded by *deadline*, *slice_* and keepalive); route."""
+        if self.error is not None:
+            return
+        wait = None if deadline is None else deadline - monotonic()
+        if slice_ is not None and (wait is None or wait > slice_):
+            wait = slice_
+        try:
+            if wait is None or wait >= self._recv_slice:
+                # The common case, one syscall: a blocking recv, bounded by SO_RCVTIMEO.
+                n = self.sock.recv_into(self._rbuf)
+            elif self._rpoll.poll(max(0, math.ceil(wait * 1000))):
+                n = self.sock.recv_into(self._rbuf)
+            else:
+                return  # the caller's deadline (or slice) came first
+        except BlockingIOError:  # SO_RCVTIMEO passed without a byte
+            self._quiet(deadline)
+            return
+        except OSError as exc:
+            self._lost(ConnectionLost(f"{self._where()}: connection lost: {exc}"))
+            return
+        if not n:
+            self._lost(ConnectionLost(f"{self._where()} closed the connection"))
+            return
+        self._last_heard = monotonic()
+        self._route(self._rview[:n])
+
+    def _quiet(self, deadline: float | None) -> None:
+        """A blocking recv timed out: ping (or give up) once keepalive's silence passed."""
+        keepalive = self.keepalive
+        now = monotonic()
+        if (
+            keepalive is not None
+            and (deadline is None or now < deadline)
+            and now - max(self._last_heard, self._busy_since) >= keepalive
+        ):
+            self._silence()
+
+    def _route(self, data: Any) -> None:
+        futures: list[tuple[Future[Any], int, Any]] = []
+        with self._state:
+            try:
+                events = self.proto.receive_data(data)
+            except ProtocolError as exc:
+                error: BaseException | None = ConnectionLost(
+                    f"{self._where()}: protocol error: {exc}"
+                )
+                error.__cause__ = exc
+                events = []
+            else:
+                error = None
+            results = self._results
+            for event in events:
+                kind = event[0]
+                if kind in _REPLY_KINDS:
+                    token = event[2]
+                    if token is SYNC:
+                        results[event[1]] = (kind, event[3])
+                    else:
+                        futures.append((token, kind, event[3]))
+                elif kind == _KIND_GOAWAY:
+                    self.draining = True
+            if results and self._waiters:
+                self._cond.notify_all()
+            proto = self.proto
+            idle_draining = (self.draining or proto.ids_exhausted) and proto.pending == 0
+            has_output = proto.output_size > 0
+        for future, kind, value in futures:
+            settle(future, kind, value)
+        if error is not None:
+            self._lost(error)
+            return
+        if has_output:
+            self._flush(monotonic() + 1.0, quiet=True)
+        if idle_draining:
+            self._lost(ConnectionLost(f"{self._where()}: connection retired"))
+
+    # --- async reader thread ---------------------------------------------------------------
+
+    def _reader_loop(self) -> None:
+        """Body of the reader thread started by the first ``call_async``."""
+        heap = self._async_deadlines
+        read_lock = self._read_lock
+        while self.error is None:
+            deadline = None
+            if heap:
+                deadline = heap[0][0]
+                if deadline <= monotonic():
+                    deadline = self._expire_async()
+            if not read_lock.acquire(False):
+                # A synchronous caller is reading for everyone: wait like its followers.
+                # (Never a blocking acquire of the read lock: a thread that got one would
+                # hold it while its locked() flag still says False, until it runs again.)
+                with self._state:
+                    if read_lock.locked():
+                        self._waiters += 1
+                        try:
+                            self._cond.wait(_FOLLOW_SLICE)
+                        finally:
+                            self._waiters -= 1
+                continue
+            try:
+                # With async deadlines pending, wake often enough to expire a call that
+                # was submitted (with an earlier deadline) while we were already waiting.
+                self._read_once(deadline, None if deadline is None else _ASYNC_SLICE)
+            finally:
+                read_lock.release()
+                if self._waiters:
+                    with self._state:
+                        self._cond.notify_all()

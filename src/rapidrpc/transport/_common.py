@@ -1,0 +1,58 @@
+"""Names shared by the blocking connection (blocking.py) and both of its client cores.
+
+Kept apart so that ``_client_py`` and the compiled ``_client_c`` can import them without
+importing blocking.py, which imports the cores.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, InvalidStateError
+from typing import Any
+
+from ..errors import ConnectionLost
+from ..wire import constants as C
+
+__all__ = ["RECV_SIZE", "RECV_SLICE", "SYNC", "NotSent", "copy_error", "settle", "unwrap"]
+
+#: Size of the reusable receive buffer (also the largest single recv).
+RECV_SIZE = 256 * 1024
+
+#: The longest one blocking recv lasts (seconds; SO_RCVTIMEO, capped by keepalive).  A wait
+#: at least this long needs no poll() first; a shorter one polls for its exact deadline.
+RECV_SLICE = 0.25
+
+#: Token of a synchronous call: its reply is stored in ``_results`` for the caller.
+SYNC = object()
+
+_KIND_RESPONSE = C.KIND_RESPONSE
+
+
+class NotSent(ConnectionLost):
+    """The connection was already lost before the call was queued: nothing was sent,
+    so the caller may safely retry on a new connection."""
+
+
+def copy_error(error: BaseException) -> BaseException:
+    """A fresh instance of a connection error, chained to the original."""
+    fresh = type(error)(*error.args)
+    fresh.__cause__ = error.__cause__ or error
+    return fresh
+
+
+def unwrap(outcome: tuple[int, Any]) -> Any:
+    """The value of a ``(kind, value)`` reply, or raise its exception."""
+    kind, value = outcome
+    if kind == _KIND_RESPONSE:
+        return value
+    raise value
+
+
+def settle(future: Future[Any], kind: int, value: Any) -> None:
+    """Complete *future* with a reply (a no-op when it was cancelled meanwhile)."""
+    try:
+        if kind == _KIND_RESPONSE:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    except InvalidStateError:
+        pass  # the caller cancelled it meanwhile
