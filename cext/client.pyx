@@ -3,60 +3,76 @@
 
 :class:`ConnectionCore` holds the per-call work of a blocking connection; the class
 BlockingConnection builds on it (blocking.py) and supplies the rare paths the core calls by
-name (``_where``, ``_write_rest``, ``_silence``, ``_lost``, ``_forget``, ``_expire_async``,
-``_ensure_reader``).  What the compiled twin does differently, for speed only:
+name (``_where``, ``_write_rest``, ``_backlog_stalled``, ``_silence``, ``_lost``,
+``_forget``, ``_expire_async``, ``_ensure_reader``).  The protocol state machine
+(core/protocol.py) encodes requests and decodes replies, as for the pure twin.  What the
+compiled twin does differently, for speed only:
 
-* sockets are driven with C ``send``/``recv``/``poll`` on the descriptor, the GIL released
-  around each call, and the clock is ``clock_gettime(CLOCK_MONOTONIC)`` (time.monotonic's);
+* sockets are driven with C ``sendmsg``/``recv``/``poll`` on the descriptor, the GIL
+  released around each call (all queued frames leave in one ``sendmsg``), and the clock
+  is ``clock_gettime(CLOCK_MONOTONIC)``, the clock of ``time.monotonic``;
 * received bytes land in one C buffer and are handed to the protocol a run of whole frames
   at a time; a frame with a large body (``ZERO_COPY_MIN_BODY`` or more) is read straight
-  into a ``bytes`` object of its exact size, which the frame parser then hands out without
+  into a ``bytes`` object of its exact size, which the frame parser then slices without
   copying.  Every byte still goes through the protocol's parser, in order, so limits and
-  errors are the parser's own; a header the parser would refuse is fed to it at once.
+  errors are the parser's own; a header the parser would refuse is fed to it at once;
+* :class:`CallFuture` creates its Condition only when a thread actually waits on it (or
+  uses ``concurrent.futures.wait``): completing a future nobody waits on, adding a
+  callback and reading a result take no lock.  This relies on the GIL: those steps run as
+  C code that never lets another thread in between its check and its update.
 """
 
-cimport cython
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
     PyBytes_CheckExact,
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
+from cpython.dict cimport PyDict_Contains
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.errno cimport EINTR, errno
 from libc.math cimport INFINITY, ceil
 from libc.stdint cimport uint32_t
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcpy, memmove, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.uio cimport iovec
+
+from client_io cimport (
+    MSG_DONTWAIT,
+    MSG_NOSIGNAL,
+    POLLERR,
+    POLLHUP,
+    POLLIN,
+    POLLOUT,
+    PyBUF_READ,
+    PyMemoryView_FromMemory,
+    msghdr,
+    poll,
+    pollfd,
+    recv,
+    sched_yield,
+    sendmsg,
+    would_block,
+)
 
 import heapq
 import os
+import threading
 from concurrent.futures import Future, InvalidStateError
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 
 from rapidrpc.errors import ConnectionLost, DeadlineExceeded, ProtocolError
 
 from rapidrpc.transport._common import RECV_SIZE, SYNC, NotSent, copy_error, unwrap
 from rapidrpc.wire import constants as _const
 
-from client_io cimport (
-    MSG_DONTWAIT,
-    MSG_NOSIGNAL,
-    POLLIN,
-    PyBUF_READ,
-    PyMemoryView_FromMemory,
-    poll,
-    pollfd,
-    recv,
-    send,
-    would_block,
-)
-
 __all__ = ["CallFuture", "ConnectionCore"]
 
 # --- numbers from constants.py, as C globals --------------------------------------------------
 cdef enum:
     _HDR = 12
+    _IOV_BATCH = 256  # frames per sendmsg (well under IOV_MAX)
 if _const.HEADER_SIZE != _HDR:
     raise ImportError("rapidrpc.transport._client_c implements a 12-byte header, constants say "
                       f"{_const.HEADER_SIZE}: rebuild the extension")
@@ -68,14 +84,19 @@ cdef uint32_t C_MAX_KIND = _const.MAX_KIND
 cdef uint32_t C_KNOWN_FLAGS = _const.KNOWN_FLAGS
 cdef Py_ssize_t C_ZERO_COPY_MIN = _const.ZERO_COPY_MIN_BODY
 cdef Py_ssize_t C_RECV_SIZE = RECV_SIZE
-# Async deadlines: the reader wakes at least this often while any is pending (as in the twin).
+# As in the pure twin: while async deadlines are pending the reader wakes this often, and
+# while a synchronous caller reads for everyone it checks deadlines this often.
 cdef double C_ASYNC_SLICE = 0.02
-# The reader thread, while a synchronous caller reads for everyone, checks deadlines this often.
 cdef double C_FOLLOW_SLICE = 0.05
 
 cdef object _heappush = heapq.heappush
 cdef object _heapify = heapq.heapify
 cdef object _SYNC = SYNC
+cdef object _Condition = threading.Condition
+cdef object _PENDING = PENDING
+cdef object _FINISHED = FINISHED
+cdef object _CANCELLED = CANCELLED
+cdef object _CANCELLED_AND_NOTIFIED = CANCELLED_AND_NOTIFIED
 
 
 # --- small C helpers --------------------------------------------------------------------------
@@ -119,13 +140,25 @@ cdef object _os_error(int err):
 class CallFuture(Future):
     """The :class:`concurrent.futures.Future` of one ``call_async``.
 
-    Cancelling it (before its reply arrived) also cancels the call on the server.
+    Cancelling it (before its reply arrived) also cancels the call on the server.  Its
+    Condition is created on first use (see the module docstring).
     """
 
     def __init__(self, conn):
-        Future.__init__(self)
+        # Future.__init__'s attributes, but for _condition (see __getattr__).
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
         self._conn = conn
         self._rid = 0
+
+    def __getattr__(self, name):
+        if name == "_condition":
+            # (setdefault: of two threads creating it at once, both use the first one)
+            return self.__dict__.setdefault("_condition", _Condition())
+        raise AttributeError(name)
 
     def cancel(self):
         """Cancel the call; False when its outcome is already known."""
@@ -134,8 +167,84 @@ class CallFuture(Future):
         self._conn._forget(self._rid)
         return True
 
+    def cancelled(self):
+        """True when the future was cancelled."""
+        state = self._state
+        return state is _CANCELLED or state is _CANCELLED_AND_NOTIFIED
 
-cdef inline void _settle(object future, int kind, object value) except *:
+    def done(self):
+        """True when the future was cancelled or has its outcome."""
+        state = self._state
+        return state is _FINISHED or state is _CANCELLED or state is _CANCELLED_AND_NOTIFIED
+
+    def result(self, timeout=None):
+        """The call's result; raises its exception (waits up to *timeout* seconds)."""
+        if self._state is _FINISHED:
+            exc = self._exception
+            if exc is None:
+                return self._result
+            try:
+                raise exc
+            finally:
+                exc = None  # (no reference cycle through the traceback)
+        return Future.result(self, timeout)
+
+    def add_done_callback(self, fn):
+        """Call *fn(future)* once the future is done (at once when it already is)."""
+        d = self.__dict__
+        if not PyDict_Contains(d, "_condition"):
+            if d["_state"] is _PENDING:  # (no other thread runs between check and append)
+                d["_done_callbacks"].append(fn)
+                return
+            _call_back(fn, self)
+            return
+        Future.add_done_callback(self, fn)
+
+    def set_result(self, result):
+        """Complete the future with *result* (raises InvalidStateError when done)."""
+        if not _complete(self, result, None):
+            Future.set_result(self, result)
+
+    def set_exception(self, exception):
+        """Complete the future with *exception* (raises InvalidStateError when done)."""
+        if not _complete(self, None, exception):
+            Future.set_exception(self, exception)
+
+
+cdef object _call_back(object fn, object future):
+    try:
+        fn(future)
+    except Exception:
+        import concurrent.futures._base as base
+        base.LOGGER.exception("exception calling callback for %r", future)
+
+
+cdef bint _complete(object future, object result, object exception) except -1:
+    """The lock-free completion of a CallFuture nobody waits on; False: take the full path.
+
+    Nobody can be waiting without the Condition existing, and no other thread runs between
+    the check and the update below, so a waiter that creates the Condition afterwards sees
+    the outcome before it would wait.
+    """
+    cdef dict d = future.__dict__
+    if PyDict_Contains(d, "_condition") or d["_state"] is not _PENDING:
+        return False
+    d["_result"] = result
+    d["_exception"] = exception
+    d["_state"] = _FINISHED
+    if d["_done_callbacks"]:
+        future._invoke_callbacks()
+    return True
+
+
+cdef int _settle(object future, int kind, object value) except -1:
+    """Complete *future* with a reply (a no-op when it was cancelled meanwhile)."""
+    if type(future) is CallFuture:
+        if kind == C_KIND_RESPONSE:
+            if _complete(future, value, None):
+                return 0
+        elif _complete(future, None, value):
+            return 0
     try:
         if kind == C_KIND_RESPONSE:
             future.set_result(value)
@@ -143,6 +252,7 @@ cdef inline void _settle(object future, int kind, object value) except *:
             future.set_exception(value)
     except InvalidStateError:
         pass  # the caller cancelled it meanwhile
+    return 0
 
 
 # --- the core ---------------------------------------------------------------------------------
@@ -157,6 +267,10 @@ cdef class ConnectionCore:
     cdef public list _async_deadlines
     cdef public double _last_heard, _ping_sent, _busy_since, _recv_slice
     cdef public int _waiters
+    # Frames a reading thread could not write without waiting (whole bytes objects; the
+    # first one already sent up to _backlog_off), and since when they wait for the socket.
+    cdef public list _backlog
+    cdef public double _stalled_since
 
     # C-only state, set up by _core_init once the handshake is done.
     cdef int _fd
@@ -166,6 +280,8 @@ cdef class ConnectionCore:
     cdef object _big              # bytes of one large frame being read into place, or None
     cdef Py_ssize_t _big_have
     cdef uint32_t _max_frame      # the parser's limit (proto.max_frame_size)
+    cdef Py_ssize_t _backlog_off
+    cdef Py_ssize_t _part         # set by _write_some: bytes of its next chunk already sent
     # Bound methods called on every call, looked up once.
     cdef object _state_acquire, _state_release, _send_lock_acquire, _send_lock_release
     cdef object _send_request, _take_output, _receive_data
@@ -174,6 +290,7 @@ cdef class ConnectionCore:
         self._buf = NULL
         self._fd = -1
         self._big = None
+        self._backlog = []
 
     def __dealloc__(self):
         PyMem_Free(self._buf)
@@ -214,7 +331,7 @@ cdef class ConnectionCore:
         finally:
             self._state_release()
         try:
-            self._flush(deadline, False)
+            self._flush(deadline, True)
         except DeadlineExceeded:
             self._state_acquire()
             try:
@@ -239,7 +356,7 @@ cdef class ConnectionCore:
                 self._push_deadline(_now() + <double>timeout, rid)
         finally:
             self._state_release()
-        self._flush(INFINITY, False)
+        self._flush(INFINITY, True)
         if self._reader is None:
             self._ensure_reader()
         return future
@@ -253,7 +370,7 @@ cdef class ConnectionCore:
             self.proto.send_notification(method, args, kwargs)
         finally:
             self._state_release()
-        self._flush(INFINITY, False)
+        self._flush(INFINITY, True)
 
     cdef int _push_deadline(self, double deadline, object rid) except -1:
         """Record an async call's deadline for the reader (under ``_state``)."""
@@ -269,80 +386,124 @@ cdef class ConnectionCore:
 
     # --- sending ------------------------------------------------------------------------------
 
-    def _send_queued(self, deadline):
-        """Send queued output (pongs, cancels) by *deadline*; a failure loses the connection."""
-        self._flush(<double>deadline, True)
+    cdef int _flush(self, double deadline, bint wait) except -1:
+        """Send the queued output, unless another thread is sending (it then sends ours).
 
-    cdef int _flush(self, double deadline, bint quiet) except -1:
-        """Send every queued frame, unless another thread is sending (then it sends ours).
-
-        A send that fails loses the connection (the pending calls fail with it).  When it
-        stalls past *deadline* this raises DeadlineExceeded, unless *quiet*.
+        With *wait* this returns once the kernel took everything (a failed send loses the
+        connection; one that stalls past *deadline* raises DeadlineExceeded); without, the
+        rest stays in ``_backlog`` for the reading threads (see the pure twin).
         """
-        cdef list chunks
         while self._send_lock_acquire(False):
             try:
-                while self.error is None:
-                    self._state_acquire()
-                    try:
-                        chunks = self._take_output()
-                    finally:
-                        self._state_release()
-                    if not chunks:
-                        break
-                    try:
-                        self._write_all(chunks, deadline)
-                    except OSError as exc:
-                        # Part of a frame may be on the wire: the stream cannot be trusted.
-                        if isinstance(exc, TimeoutError) and deadline != INFINITY and not quiet:
-                            self._lost(
-                                ConnectionLost(f"{self._where()}: a send outlived its deadline")
-                            )
-                            raise DeadlineExceeded(
-                                "deadline passed while sending the request"
-                            ) from exc
-                        self._lost(ConnectionLost(f"{self._where()}: send failed: {exc}"))
-                        return 0
+                self._send_locked(deadline, wait)
             finally:
                 self._send_lock_release()
-            # Output queued after our last take, while we still held the lock, is ours.
-            if not self.proto.output_size or self.error is not None:
+            # Output queued meanwhile by threads that found the lock taken is ours to send.
+            if self.error is not None or not self.proto.output_size or self._backlog:
                 return 0
         return 0
 
-    cdef int _write_all(self, list chunks, double deadline) except -1:
-        """One non-blocking send; the slow path takes over when the kernel is full."""
-        cdef object data
-        cdef const char* p
-        cdef Py_ssize_t n
+    cdef int _send_locked(self, double deadline, bint wait) except -1:
+        """Write the backlog, then the queued output (the caller holds the send lock)."""
+        cdef list out, chunks, backlog
+        cdef Py_ssize_t off, done
+        while self.error is None:
+            self._state_acquire()
+            try:
+                out = self._take_output()
+            finally:
+                self._state_release()
+            backlog = self._backlog
+            if backlog:
+                chunks = backlog + out if out else backlog
+                off = self._backlog_off
+                self._backlog = []
+                self._backlog_off = 0
+            elif out:
+                chunks = out
+                off = 0
+            else:
+                return 0
+            try:
+                done = self._write_some(chunks, off)
+                if done < len(chunks):
+                    if not wait:
+                        if not backlog:
+                            self._stalled_since = _now()
+                        self._backlog = chunks[done:]
+                        self._backlog_off = self._part
+                        return 0
+                    rest = [memoryview(chunks[done])[self._part:]]
+                    rest.extend([memoryview(c) for c in chunks[done + 1:]])
+                    self._write_rest(rest, _opt(deadline))
+            except OSError as exc:
+                # Part of a frame may be on the wire: the stream cannot be trusted.
+                if wait and isinstance(exc, TimeoutError) and deadline != INFINITY:
+                    self._lost(ConnectionLost(f"{self._where()}: a send outlived its deadline"))
+                    raise DeadlineExceeded("deadline passed while sending the request") from exc
+                self._lost(ConnectionLost(f"{self._where()}: send failed: {exc}"))
+                return 0
+        return 0
+
+    cdef Py_ssize_t _write_some(self, list chunks, Py_ssize_t off) except -1:
+        """Write what the kernel takes now, one sendmsg per _IOV_BATCH chunks.
+
+        *chunks* are bytes; the first is already sent up to *off*.  Returns how many went
+        out whole; ``_part`` says how much of the next one did.
+        """
+        cdef iovec iov[_IOV_BATCH]
+        cdef msghdr msg
+        cdef Py_ssize_t n = len(chunks)
+        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t j, count
         cdef ssize_t sent
-        cdef int fd = self._fd
         cdef int err = 0
-        if len(chunks) == 1 and PyBytes_CheckExact(chunks[0]):
-            data = chunks[0]
-            if self._closed:
-                raise _os_error(9)  # EBADF, as the closed socket object would say
-            p = PyBytes_AS_STRING(data)
-            n = PyBytes_GET_SIZE(data)
+        cdef int fd = self._fd
+        cdef object chunk
+        memset(&msg, 0, sizeof(msg))
+        for j in range(n):
+            if not PyBytes_CheckExact(chunks[j]):  # (the protocol queues bytes; be safe)
+                chunks[j] = bytes(chunks[j])
+        if self._closed:
+            raise _os_error(9)  # EBADF, as the closed socket object would say
+        while i < n:
+            count = min(n - i, <Py_ssize_t>_IOV_BATCH)
+            for j in range(count):
+                chunk = chunks[i + j]
+                iov[j].iov_base = PyBytes_AS_STRING(chunk)
+                iov[j].iov_len = PyBytes_GET_SIZE(chunk)
+            iov[0].iov_base = <char*>iov[0].iov_base + off
+            iov[0].iov_len -= off
+            msg.msg_iov = iov
+            msg.msg_iovlen = count
             while True:
                 with nogil:
-                    sent = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+                    sent = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
                     if sent < 0:
                         err = errno
                 if sent >= 0 or err != EINTR:
                     break
                 if PyErr_CheckSignals() < 0:
                     return -1
-            if sent == n:
-                return 0  # the common case: one syscall
             if sent < 0:
                 if not would_block(err):
                     raise _os_error(err)
                 sent = 0
-            self._write_rest([memoryview(data)[sent:]], _opt(deadline))
-        else:
-            self._write_rest([memoryview(c) for c in chunks], _opt(deadline))
-        return 0
+            j = 0
+            while j < count and <size_t>sent >= iov[j].iov_len:
+                sent -= iov[j].iov_len
+                j += 1
+            if j < count:
+                self._part = (off if j == 0 else 0) + sent
+                return i + j
+            i += count
+            off = 0
+        self._part = 0
+        return n
+
+    def _send_queued(self, deadline):
+        """Send queued output (pongs, cancels) without waiting for a full socket to drain."""
+        self._flush(<double>deadline, False)
 
     # --- waiting and reading ------------------------------------------------------------------
 
@@ -388,7 +549,7 @@ cdef class ConnectionCore:
             finally:
                 self._state_release()
         if outcome is None:
-            self._flush(_now() + 1.0, True)  # the cancel frame
+            self._flush(INFINITY, False)  # the cancel frame
             raise DeadlineExceeded(f"call {method!r} exceeded its deadline of {timeout}s")
         return unwrap(outcome)
 
@@ -414,28 +575,34 @@ cdef class ConnectionCore:
         if self._closed:
             self._lost(ConnectionLost(f"{self._where()}: connection lost: {_os_error(9)}"))
             return 0
+        pfd.fd = fd
+        pfd.revents = 0
+        if self._backlog and not self._send_lock.locked():
+            # Our output waits for the socket to drain: write as it does, read meanwhile.
+            pfd.events = POLLIN | POLLOUT
+            if self._poll(&pfd, wait if wait < self._recv_slice else self._recv_slice) < 0:
+                return -1
+            if pfd.revents == 0:
+                self._backlog_stalled()
+                return 0
+            if pfd.revents & POLLOUT:
+                self._stalled_since = _now()
+                self._flush(INFINITY, False)
+            if not (pfd.revents & (POLLIN | POLLERR | POLLHUP)):
+                return 0
+        elif wait < self._recv_slice:
+            # Shorter than one blocking recv may last: wait for the exact time first.
+            pfd.events = POLLIN
+            if self._poll(&pfd, wait) < 0:
+                return -1
+            if pfd.revents == 0:
+                return 0  # the caller's deadline (or slice) came first
         if self._big is not None:
             target = PyBytes_AS_STRING(self._big) + self._big_have
             room = PyBytes_GET_SIZE(self._big) - self._big_have
         else:
             target = self._buf + self._have
             room = self._cap - self._have
-        if wait < self._recv_slice:
-            # Shorter than one blocking recv may last: wait for the exact time first.
-            pfd.fd = fd
-            pfd.events = POLLIN
-            pfd.revents = 0
-            while True:
-                with nogil:
-                    ready = poll(&pfd, 1, <int>ceil(wait * 1000) if wait > 0 else 0)
-                    if ready < 0:
-                        err = errno
-                if ready >= 0 or err != EINTR:
-                    break
-                if PyErr_CheckSignals() < 0:
-                    return -1
-            if ready == 0:
-                return 0  # the caller's deadline (or slice) came first
         # A blocking recv, bounded by SO_RCVTIMEO: the common case is this one syscall.
         while True:
             with nogil:
@@ -457,6 +624,25 @@ cdef class ConnectionCore:
         self._last_heard = _now()
         return self._received(n)
 
+    cdef int _poll(self, pollfd* pfd, double wait) except -1:
+        """poll() one descriptor for up to *wait* seconds (GIL released); revents 0: none."""
+        cdef int ready
+        cdef int err = 0
+        cdef int ms = <int>ceil(wait * 1000) if wait > 0 else 0
+        while True:
+            with nogil:
+                ready = poll(pfd, 1, ms)
+                if ready < 0:
+                    err = errno
+            if ready >= 0:
+                if ready == 0:
+                    pfd.revents = 0
+                return 0
+            if err != EINTR:
+                raise _os_error(err)
+            if PyErr_CheckSignals() < 0:
+                return -1
+
     cdef int _quiet(self, double deadline) except -1:
         """A blocking recv timed out: ping (or give up) once keepalive's silence passed."""
         cdef double now = _now()
@@ -472,7 +658,7 @@ cdef class ConnectionCore:
     cdef int _received(self, Py_ssize_t n) except -1:
         """*n* bytes arrived: feed the protocol every whole frame now complete."""
         cdef object frame
-        cdef const unsigned char* p
+        cdef const unsigned char* p = <const unsigned char*>self._buf
         cdef Py_ssize_t pos = 0
         cdef Py_ssize_t have, avail
         cdef uint32_t length
@@ -486,7 +672,6 @@ cdef class ConnectionCore:
             return self._feed(frame)
         self._have += n
         have = self._have
-        p = <const unsigned char*>self._buf
         while True:
             avail = have - pos
             if avail < _HDR:
@@ -525,7 +710,7 @@ cdef class ConnectionCore:
         cdef object error = None
         cdef object token
         cdef int kind
-        cdef bint idle_draining, has_output
+        cdef bint idle_draining
         cdef dict results = self._results
         proto = self.proto
         self._state_acquire()
@@ -551,19 +736,38 @@ cdef class ConnectionCore:
             if results and self._waiters:
                 self._cond.notify_all()
             idle_draining = (self.draining or proto.ids_exhausted) and proto.pending == 0
-            has_output = proto.output_size > 0
         finally:
             self._state_release()
         if futures is not None:
-            for event in futures:
-                _settle(event[2], event[0], event[3])
+            self._settle_all(futures)
         if error is not None:
             self._lost(error)
             return 0
-        if has_output:
-            self._flush(_now() + 1.0, True)
+        if proto.output_size:
+            self._flush(INFINITY, False)
         if idle_draining:
             self._lost(ConnectionLost(f"{self._where()}: connection retired"))
+        return 0
+
+    cdef int _settle_all(self, list events) except -1:
+        """Complete the futures of reply *events*, then send what their callbacks queued.
+
+        Holding the send lock meanwhile (when free) and giving the GIL away for a moment
+        lets the threads those callbacks woke queue their next calls: they leave together
+        in the write below (see the pure twin).
+        """
+        cdef tuple event
+        cdef bint owner = self._send_lock_acquire(False)
+        try:
+            for event in events:
+                _settle(event[2], event[0], event[3])
+            if owner:
+                with nogil:
+                    sched_yield()
+                self._send_locked(INFINITY, False)
+        finally:
+            if owner:
+                self._send_lock_release()
         return 0
 
     # --- async reader thread ------------------------------------------------------------------

@@ -7,9 +7,16 @@ with its next write), wait for the reply as leader or follower, read the socket 
 reusable buffer and route every reply found there.  The rare paths -- connecting, waiting
 for writability, keepalive pings, losing the connection, cancelling, expiring async
 deadlines -- exist once, in BlockingConnection, and the core calls them by name
-(``_where``, ``_write_rest``, ``_silence``, ``_lost``, ``_forget``, ``_expire_async``,
-``_ensure_reader``).  BlockingConnection's ``__init__`` sets every attribute the core
-reads, then calls :meth:`ConnectionCore._core_init`.
+(``_where``, ``_write_rest``, ``_backlog_stalled``, ``_silence``, ``_lost``, ``_forget``,
+``_expire_async``, ``_ensure_reader``).  BlockingConnection's ``__init__`` sets every
+attribute the core reads, then calls :meth:`ConnectionCore._core_init`.
+
+Sending never makes a thread that reads the socket wait on a full socket (the server
+may be waiting for us to read): such a thread writes what the kernel takes and leaves the
+rest in ``_backlog``, which reading threads keep writing as the socket drains.  After
+completing futures, the routing thread briefly gives the GIL to the threads their
+callbacks woke, holding the send lock: the calls those threads submit then queue up and
+leave in one write.
 
 The compiled twin (``rapidrpc.transport._client_c``) implements the same methods with the
 same behaviour, fusing the steps in C; the client tests run on both.
@@ -19,6 +26,8 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
+import select
 import socket
 from concurrent.futures import Future
 from time import monotonic
@@ -35,6 +44,7 @@ _KIND_RESPONSE = C.KIND_RESPONSE
 _KIND_ERROR = C.KIND_ERROR
 _KIND_GOAWAY = C.KIND_GOAWAY
 _REPLY_KINDS = frozenset((_KIND_RESPONSE, _KIND_ERROR))
+_READABLE = select.POLLIN | select.POLLERR | select.POLLHUP
 # Async deadlines: the reader wakes at least this often while any is pending, so a call
 # submitted with an earlier deadline than the ones it is already waiting for expires on time.
 _ASYNC_SLICE = 0.02
@@ -72,6 +82,12 @@ class ConnectionCore:
         """Set up the receive buffer (called once the handshake is done)."""
         self._rbuf = bytearray(RECV_SIZE)
         self._rview = memoryview(self._rbuf)
+        # Output a reading thread could not write without waiting (see _flush), and since
+        # when it has waited for the socket to take a byte.
+        self._backlog: list[memoryview] = []
+        self._stalled_since = 0.0
+        self._dpoll = select.poll()
+        self._dpoll.register(self.sock, _READABLE | select.POLLOUT)
         # When the connection last went from no call pending to one: keepalive measures
         # the server's silence from the later of this and the last byte heard.
         self._busy_since = monotonic()
@@ -149,56 +165,89 @@ class ConnectionCore:
 
     # --- sending --------------------------------------------------------------------------
 
-    def _flush(self, deadline: float | None, quiet: bool = False) -> None:
-        """Send every queued frame, unless another thread is sending (then it sends ours).
+    def _flush(self, deadline: float | None, wait: bool = True) -> None:
+        """Send the queued output, unless another thread is sending (it then sends ours).
 
-        A send that fails loses the connection (the pending calls fail with it).  When it
-        stalls past *deadline* this raises DeadlineExceeded, unless *quiet*.
+        With *wait* (a thread sending its own request) this returns once the kernel took
+        everything: a send that fails loses the connection, one that stalls past
+        *deadline* raises DeadlineExceeded.  Without *wait* (a thread that reads the
+        socket, which must never block on a write while the server may be waiting for
+        us to read) whatever the kernel does not take at once stays in ``_backlog``, and
+        threads reading the socket write it as the socket drains.
         """
         send_lock = self._send_lock
         while send_lock.acquire(False):
             try:
-                while self.error is None:
-                    with self._state:
-                        chunks = self.proto.take_output()
-                    if not chunks:
-                        break
-                    try:
-                        self._write_all(chunks, deadline)
-                    except OSError as exc:
-                        # Part of a frame may be on the wire: the stream cannot be trusted.
-                        if isinstance(exc, TimeoutError) and deadline is not None and not quiet:
-                            self._lost(
-                                ConnectionLost(f"{self._where()}: a send outlived its deadline")
-                            )
-                            raise DeadlineExceeded(
-                                "deadline passed while sending the request"
-                            ) from exc
-                        self._lost(ConnectionLost(f"{self._where()}: send failed: {exc}"))
-                        return
+                self._send_locked(deadline, wait)
             finally:
                 send_lock.release()
-            # Output queued after our last take, while we still held the lock, is ours.
-            if not self.proto.output_size or self.error is not None:
+            # Output queued meanwhile by threads that found the lock taken is ours to send.
+            if self.error is not None or not self.proto.output_size or self._backlog:
+                return
+
+    def _send_locked(self, deadline: float | None, wait: bool) -> None:
+        """Write the backlog, then the queued output (the caller holds the send lock)."""
+        while self.error is None:
+            with self._state:
+                out = self.proto.take_output()
+            backlog = self._backlog
+            chunks = backlog + out if backlog else out
+            if not chunks:
+                return
+            self._backlog = []
+            try:
+                if wait:
+                    self._write_all(chunks, deadline)
+                else:
+                    rest = self._write_some(chunks)
+                    if rest:
+                        if not backlog:
+                            self._stalled_since = monotonic()
+                        self._backlog = rest
+                        return
+            except OSError as exc:
+                # Part of a frame may be on the wire: the stream cannot be trusted.
+                if wait and isinstance(exc, TimeoutError) and deadline is not None:
+                    self._lost(ConnectionLost(f"{self._where()}: a send outlived its deadline"))
+                    raise DeadlineExceeded("deadline passed while sending the request") from exc
+                self._lost(ConnectionLost(f"{self._where()}: send failed: {exc}"))
                 return
 
     def _send_queued(self, deadline: float) -> None:
-        """Send queued output (pongs, cancels) by *deadline*; a failure loses the connection."""
-        self._flush(deadline, quiet=True)
+        """Send queued output (pongs, cancels) without waiting for a full socket to drain."""
+        self._flush(deadline, wait=False)
 
     def _write_all(self, chunks: list[Any], deadline: float | None) -> None:
         """One non-blocking send; the slow path takes over when the kernel is full."""
-        if len(chunks) == 1:
-            data = chunks[0]
+        rest = self._write_some(chunks)
+        if rest:
+            self._write_rest(rest, deadline)
+
+    def _write_some(self, chunks: list[Any]) -> list[memoryview]:
+        """Write what the kernel takes now (one syscall per 1024 chunks); return the rest."""
+        sock = self.sock
+        while True:
+            batch = chunks[:1024]
             try:
-                sent = self.sock.send(data, _DONTWAIT)
+                if len(batch) == 1:
+                    sent = sock.send(batch[0], _DONTWAIT)
+                else:
+                    sent = sock.sendmsg(batch, [], _DONTWAIT)
             except BlockingIOError:
                 sent = 0
-            if sent == len(data):
-                return  # the common case: one syscall
-            self._write_rest([memoryview(data)[sent:]], deadline)
-        else:
-            self._write_rest([memoryview(c) for c in chunks], deadline)
+            i = 0
+            for chunk in batch:
+                size = memoryview(chunk).nbytes
+                if sent < size:
+                    break
+                sent -= size
+                i += 1
+            if i < len(batch) or len(chunks) == i:
+                break
+            chunks = chunks[i:]  # a whole batch went out: on with the next
+        if i == len(chunks):
+            return []
+        return [memoryview(chunks[i])[sent:]] + [memoryview(c) for c in chunks[i + 1 :]]
 
     # --- waiting and reading ----------------------------------------------------------------
 
@@ -237,7 +286,7 @@ class ConnectionCore:
                     finally:
                         self._waiters -= 1
         if outcome is None:
-            self._flush(monotonic() + 1.0, quiet=True)  # the cancel frame
+            self._flush(None, wait=False)  # the cancel frame
             raise DeadlineExceeded(f"call {method!r} exceeded its deadline of {timeout}s")
         return unwrap(outcome)
 
@@ -249,7 +298,12 @@ class ConnectionCore:
         if slice_ is not None and (wait is None or wait > slice_):
             wait = slice_
         try:
-            if wait is None or wait >= self._recv_slice:
+            if self._backlog and not self._send_lock.locked():
+                # Our output waits for the socket to drain: write as it does, read meanwhile.
+                if not self._pump(wait):
+                    return
+                n = self.sock.recv_into(self._rbuf)
+            elif wait is None or wait >= self._recv_slice:
                 # The common case, one syscall: a blocking recv, bounded by SO_RCVTIMEO.
                 n = self.sock.recv_into(self._rbuf)
             elif self._rpoll.poll(max(0, math.ceil(wait * 1000))):
@@ -267,6 +321,20 @@ class ConnectionCore:
             return
         self._last_heard = monotonic()
         self._route(self._rview[:n])
+
+    def _pump(self, wait: float | None) -> bool:
+        """Wait until the socket is readable or writable, writing the backlog when it is
+        writable; True when there is something to read."""
+        limit = self._recv_slice if wait is None else min(wait, self._recv_slice)
+        ready = self._dpoll.poll(max(0, math.ceil(limit * 1000)))
+        if not ready:
+            self._backlog_stalled()
+            return False
+        mask = ready[0][1]
+        if mask & select.POLLOUT:
+            self._stalled_since = monotonic()
+            self._flush(None, wait=False)
+        return bool(mask & _READABLE)
 
     def _quiet(self, deadline: float | None) -> None:
         """A blocking recv timed out: ping (or give up) once keepalive's silence passed."""
@@ -308,15 +376,33 @@ class ConnectionCore:
             proto = self.proto
             idle_draining = (self.draining or proto.ids_exhausted) and proto.pending == 0
             has_output = proto.output_size > 0
-        for future, kind, value in futures:
-            settle(future, kind, value)
+        if futures:
+            self._settle_all(futures)
         if error is not None:
             self._lost(error)
             return
-        if has_output:
-            self._flush(monotonic() + 1.0, quiet=True)
+        if has_output or self.proto.output_size:
+            self._flush(None, wait=False)
         if idle_draining:
             self._lost(ConnectionLost(f"{self._where()}: connection retired"))
+
+    def _settle_all(self, futures: list[tuple[Future[Any], int, Any]]) -> None:
+        """Complete *futures*, holding the send lock if free, then send what they caused.
+
+        Their callbacks often wake a thread that submits the next calls.  Giving it the
+        GIL now, while we hold the send lock, makes its requests queue up instead of each
+        taking its own send(); the write below sends them all at once.
+        """
+        owner = self._send_lock.acquire(False)
+        try:
+            for future, kind, value in futures:
+                settle(future, kind, value)
+            if owner:
+                os.sched_yield()  # (releases the GIL)
+                self._send_locked(None, wait=False)
+        finally:
+            if owner:
+                self._send_lock.release()
 
     # --- async reader thread ---------------------------------------------------------------
 

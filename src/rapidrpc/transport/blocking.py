@@ -247,6 +247,18 @@ class BlockingConnection(_client_py.ConnectionCore):
             if views:
                 self._wait_writable(deadline, stalled_since)
 
+    def _backlog_stalled(self) -> None:
+        """Output has waited for the socket to drain: give up after two keepalive periods."""
+        keepalive = self.keepalive
+        if (
+            keepalive is not None
+            and self._backlog
+            and time.monotonic() - self._stalled_since >= 2 * keepalive
+        ):
+            self._lost(
+                ConnectionLost(f"{self._where()} took no byte we sent for {2 * keepalive:g}s")
+            )
+
     def _wait_writable(self, deadline: float | None, stalled_since: float) -> None:
         now = time.monotonic()
         if deadline is not None:
