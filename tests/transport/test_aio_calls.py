@@ -297,7 +297,7 @@ def test_default_timeout_applies_to_proxy_calls(arun, backend_name) -> None:
 
         async with server, make_client(server, backend_name, timeout=0.1) as client:
             with pytest.raises(DeadlineExceeded):
-                await client.nap(0.5)
+                await client.nap(0.3)
             assert await client.call("nap", 0.01, timeout=5) == 0.01
 
     arun(main())

@@ -326,7 +326,7 @@ def test_silent_connection_closed_by_handshake_deadline(aio_server) -> None:
 
 
 def test_client_that_never_reads_is_closed(aio_server, raw_peer, backend_name, make_client):
-    server = aio_server(start=False, frame_timeout=0.5, max_frame_size=128 * 1024)
+    server = aio_server(start=False, frame_timeout=0.3, max_frame_size=128 * 1024)
     server.server.register(lambda n: b"z" * n, name="blob")
     server.start()
     peer = raw_peer(server.address)
