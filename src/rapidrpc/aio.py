@@ -296,7 +296,7 @@ class Client:
             if self._closed:
                 raise RuntimeError("the client is closed")
             task = self._connecting
-            if task is None:
+            if task is None or task.done():  # (a finished one: its result was not usable)
                 task = self._connecting = asyncio.get_running_loop().create_task(self._open())
                 task.add_done_callback(self._connected)
             remaining = None if deadline is None else deadline - time.monotonic()
