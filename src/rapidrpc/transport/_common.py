@@ -12,7 +12,30 @@ from typing import Any
 from ..errors import ConnectionLost
 from ..wire import constants as C
 
-__all__ = ["RECV_SIZE", "RECV_SLICE", "SYNC", "NotSent", "copy_error", "settle", "unwrap"]
+__all__ = [
+    "CORE_API",
+    "CORE_METHODS",
+    "RECV_SIZE",
+    "RECV_SLICE",
+    "SYNC",
+    "NotSent",
+    "copy_error",
+    "settle",
+    "unwrap",
+]
+
+#: What each client core module exports, and the methods its ConnectionCore defines
+#: (BlockingConnection and the Client rely on exactly these; a test checks both cores).
+CORE_API = ("CallFuture", "ConnectionCore")
+CORE_METHODS = (
+    "_core_init",
+    "_read_once",
+    "_reader_loop",
+    "_send_queued",
+    "call",
+    "call_async",
+    "notify",
+)
 
 #: Size of the reusable receive buffer (also the largest single recv).
 RECV_SIZE = 256 * 1024

@@ -1,0 +1,384 @@
+"""The blocking client's two cores (cext/client.pyx and transport/_client_py.py).
+
+Both cores must put the same bytes on the wire and behave the same: replies split
+anywhere, large bodies read into place, bytes that follow the handshake, callbacks that
+submit more calls (batched sends, reading threads that never block on a full socket),
+keepalive across long calls, async deadline bookkeeping, and the Future semantics of
+``call_async``.  Every behaviour test runs on both backends.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, as_completed, wait
+from typing import Any
+
+import pytest
+from rpc_helpers import ScriptedServer, wait_until, wire_of
+
+import rapidrpc
+from rapidrpc import DeadlineExceeded, RemoteError, StatusCode
+from rapidrpc.core.protocol import ServerConnection
+from rapidrpc.transport import _client_py, blocking
+from rapidrpc.transport._common import CORE_API, CORE_METHODS
+from rapidrpc.wire import constants as C
+from testsupport import load_backend
+
+# --- the two cores -------------------------------------------------------------------------------
+
+
+def test_both_cores_export_the_same_api(backend_name) -> None:
+    core = blocking.CORES[backend_name]
+    assert tuple(sorted(core.__all__)) == CORE_API
+    for name in CORE_METHODS:  # defined by the core itself, not inherited
+        assert name in vars(core.ConnectionCore), f"{backend_name} core lacks {name}"
+    assert issubclass(core.CallFuture, Future)
+
+
+def test_each_backend_uses_its_own_core(make_server, make_client, backend_name) -> None:
+    server = make_server()
+    server.register(lambda: 1, name="one")
+    client = make_client(server)
+    assert client.one() == 1
+    conn = type(client._conn)
+    assert conn is blocking.connection_class(backend_name)
+    own = blocking.CORES[backend_name].ConnectionCore
+    assert conn.call is own.call  # the hot paths come from the backend's core
+    if backend_name == "cython":
+        assert own is not _client_py.ConnectionCore
+    with pytest.raises(ValueError, match="backend"):
+        blocking.connection_class("fortran")
+
+
+# --- identical bytes on the wire ---------------------------------------------------------------
+
+
+class RecordingServer:
+    """One connection at a time: records every byte the client sends, answers with a
+    fixed (pure-Python) ServerConnection, so two clients can be compared byte for byte.
+
+    Methods: ``echo(x)`` returns x, ``add(a, b)``, ``fail()`` an error reply, ``none()``
+    never answers.  The first ``add`` reply is preceded by a ping.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.address = self.listener.getsockname()[:2]
+        self.received: list[bytes] = []
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with sock:
+                self._serve(sock)
+
+    def _serve(self, sock: socket.socket) -> None:
+        proto = ServerConnection(**wire_of("python"))
+        stream = bytearray()
+        pinged = False
+        sock.settimeout(10)
+        while True:
+            try:
+                data = sock.recv(1 << 20)
+            except OSError:
+                data = b""
+            if not data:
+                self.received.append(bytes(stream))
+                return
+            stream += data
+            for event in proto.receive_data(data):
+                if event[0] != C.KIND_REQUEST:
+                    continue
+                _, rid, method, args, kwargs = event[:5]
+                if method == "add" and not pinged:
+                    pinged = True
+                    proto.send_ping()
+                if method == "echo":
+                    proto.send_response(rid, args[0] if not kwargs else [args, kwargs])
+                elif method == "add":
+                    proto.send_response(rid, args[0] + args[1])
+                elif method == "fail":
+                    proto.send_error(rid, StatusCode.INTERNAL, "it failed", "ValueError")
+            out = proto.data_to_send()
+            if out:
+                sock.sendall(out)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self._thread.join(10)
+        self.listener.close()
+
+
+def _conversation(client: rapidrpc.Client) -> list[Any]:
+    """A fixed sequence of every kind of client output; returns what came back."""
+    results: list[Any] = [
+        client.add(1, 2),
+        client.call("echo", {"k": [1, 2.5, None, True]}, timeout=5.0),
+        client.call("echo", "x", key="v"),
+    ]
+    client.notify("echo", "note")
+    results.append(client.call_async("echo", b"\x01" * 70_000).result(10))
+    results.append(client.call("echo", bytes(range(256)) * 1200))  # > the receive buffer
+    with pytest.raises(RemoteError) as failed:
+        client.call("fail")
+    results.append((type(failed.value).__name__, failed.value.args))
+    with pytest.raises(DeadlineExceeded):
+        client.call("none", timeout=0.2)  # then a cancel frame
+    futures = [client.call_async("echo", i) for i in range(5)]
+    results.append([f.result(10) for f in futures])
+    return results
+
+
+def test_both_clients_put_identical_bytes_on_the_wire() -> None:
+    """Each backend's client, run through the same conversation, sends the same bytes."""
+    load_backend("cython")  # (skips under RAPIDRPC_PURE_PYTHON=1)
+    server = RecordingServer()
+    try:
+        outcomes = {}
+        for name in ("cython", "python"):
+            with rapidrpc.Client(server.address, backend=name) as client:
+                outcomes[name] = _conversation(client)
+        assert wait_until(lambda: len(server.received) == 2)
+    finally:
+        server.close()
+    assert outcomes["cython"] == outcomes["python"]
+    cython_bytes, python_bytes = server.received
+    assert cython_bytes == python_bytes
+    assert len(cython_bytes) > 300_000  # (the conversation did happen)
+
+
+# --- receiving -----------------------------------------------------------------------------------
+
+
+def _split_replies_script(seed: int, sizes: list[int]):
+    """Answer one batch of pipelined ``blob`` calls with replies written in random pieces."""
+
+    def script(server: ScriptedServer, sock: socket.socket, proto: ServerConnection) -> None:
+        server.handshake(sock, proto)
+        rids: list[int] = []
+        while len(rids) < len(sizes):
+            data = sock.recv(65536)
+            if not data:
+                return
+            rids += [e[1] for e in proto.receive_data(data) if e[0] == C.KIND_REQUEST]
+        for rid, size in zip(rids, sizes, strict=True):
+            proto.send_response(rid, bytes([size % 251]) * size)
+        stream = proto.data_to_send()
+        rng = random.Random(seed)
+        pos = 0
+        while pos < len(stream):
+            step = rng.choice((1, 5, 11, 12, 13, 4096, 65_535, 70_000))
+            sock.sendall(stream[pos : pos + step])
+            pos += step
+            if rng.random() < 0.3:
+                time.sleep(0.002)  # let the client read what is there so far
+        server.read_events(sock, proto, 2.0)
+
+    return script
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_replies_split_anywhere(scripted_server, make_client, seed) -> None:
+    zc = C.ZERO_COPY_MIN_BODY
+    sizes = [1, 3, zc - 20, zc, 7, 300_000, zc + 1, 2]
+    server = scripted_server(_split_replies_script(seed, sizes))
+    client = make_client(server.address, timeout=10)
+    futures = [client.call_async("blob", i) for i in range(len(sizes))]
+    for future, size in zip(futures, sizes, strict=True):
+        assert future.result(10) == bytes([size % 251]) * size
+
+
+def test_bytes_right_after_the_handshake_reach_the_core(scripted_server, make_client) -> None:
+    """A server that pings in the same write as its settings gets its pong."""
+
+    def greet_and_ping(server, sock, proto) -> None:
+        sock.settimeout(5)
+        while not proto.handshake_complete:
+            server.events += proto.receive_data(sock.recv(65536))
+        proto.send_ping()
+        sock.sendall(proto.data_to_send())  # preface + settings + ping, one write
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            for event in proto.receive_data(data):
+                server.events.append(event)
+                if event[0] == C.KIND_REQUEST:
+                    proto.send_response(event[1], "ok")
+            sock.sendall(proto.data_to_send())
+
+    server = scripted_server(greet_and_ping)
+    client = make_client(server.address, timeout=5)
+    assert client.call("f") == "ok"
+    assert wait_until(lambda: any(e[0] == C.KIND_PONG for e in server.events))
+
+
+def test_long_call_with_a_short_keepalive(make_server, make_client) -> None:
+    """Keepalive counts the server's silence in short recv slices: a call lasting several
+    keepalive periods survives as long as pings are answered."""
+    server = make_server()
+    server.register(lambda: (time.sleep(0.8), "done")[1], name="slow", blocking=True)
+    client = make_client(server, keepalive=0.2)
+    assert client.slow() == "done"
+
+
+# --- sending -------------------------------------------------------------------------------------
+
+
+def test_callbacks_that_submit_large_calls_never_deadlock(make_server, make_client) -> None:
+    """Callbacks run by the reading thread submit more large calls: their requests must
+    flow while replies are read, though neither side's socket buffer holds them all."""
+    server = make_server()
+    server.register(lambda data: data, name="echo")
+    client = make_client(server, timeout=30)
+    assert client.echo(b"") == b""
+    # A send buffer smaller than one request: writes from the reading thread come up short
+    # and the rest waits in its backlog, written as the socket drains.
+    client._conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 * 1024)
+    blob = bytes(range(256)) * 2048  # 512 KiB
+    total, window = 40, 8
+    done = threading.Event()
+    lock = threading.Lock()
+    state = {"submitted": 0, "finished": 0, "bad": 0}
+
+    def submit() -> None:
+        with lock:
+            if state["submitted"] == total:
+                return
+            state["submitted"] += 1
+        client.call_async("echo", blob).add_done_callback(finished)
+
+    def finished(future) -> None:
+        ok = future.exception() is None and future.result() == blob
+        with lock:
+            state["finished"] += 1
+            state["bad"] += not ok
+            if state["finished"] == total:
+                done.set()
+        submit()
+
+    for _ in range(window):
+        submit()
+    assert done.wait(60), state
+    assert state["bad"] == 0
+
+
+def test_many_threads_with_callbacks_share_sends(make_server, make_client) -> None:
+    """Threads submitting while another sends, and callbacks submitting from the reading
+    thread: every call is answered, in any interleaving."""
+    server = make_server()
+    server.register(lambda x: x, name="echo")
+    client = make_client(server, timeout=30)
+    chained: list[Any] = []
+
+    def worker(n: int) -> None:
+        futures = []
+        for i in range(200):
+            future = client.call_async("echo", (n, i))
+            if i % 50 == 0:
+                future.add_done_callback(
+                    lambda f, n=n, i=i: chained.append(client.call_async("echo", (-n, i)))
+                )
+            futures.append(future)
+        assert [f.result(30) for f in futures] == [[n, i] for i in range(200)]
+        assert client.echo(n) == n
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert wait_until(lambda: len(chained) == 24)
+    assert sorted(tuple(f.result(30)) for f in chained) == sorted(
+        (-n, i) for n in range(6) for i in range(0, 200, 50)
+    )
+
+
+def test_async_deadline_bookkeeping_stays_small(make_server, make_client) -> None:
+    """Answered calls' deadlines do not pile up until they would have expired."""
+    server = make_server()
+    server.register(lambda x: x, name="echo")
+    client = make_client(server)
+    for _ in range(5):
+        futures = [client.call_async("echo", i, timeout=60) for i in range(600)]
+        assert [f.result(30) for f in futures] == list(range(600))
+    # Compacted whenever it outgrows twice the calls pending (at most 600 here), not 3000.
+    assert len(client._conn._async_deadlines) <= 2 * 600 + 64 + 1
+
+
+# --- the futures of call_async -------------------------------------------------------------------
+
+
+def _delayed_script(delay: float):
+    """Answer each request after *delay* seconds (``boom`` with an error, ``hold`` never)."""
+
+    def script(server, sock, proto) -> None:
+        server.handshake(sock, proto)
+        sock.settimeout(5)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            for event in proto.receive_data(data):
+                server.events.append(event)
+                if event[0] == C.KIND_REQUEST and event[2] != "hold":
+                    time.sleep(delay)
+                    if event[2] == "boom":
+                        proto.send_error(event[1], StatusCode.INTERNAL, "boom", "KeyError")
+                    else:
+                        proto.send_response(event[1], event[3])
+            out = proto.data_to_send()
+            if out:
+                sock.sendall(out)
+
+    return script
+
+
+def test_future_waits_callbacks_and_errors(scripted_server, make_client) -> None:
+    server = scripted_server(_delayed_script(0.1))
+    client = make_client(server.address, timeout=10)
+    future = client.call_async("echo", 1)
+    seen: list[Any] = []
+    future.add_done_callback(lambda f: seen.append(("early", f.result())))
+    assert not future.done() and not future.cancelled()
+    woke: list[Any] = []
+    waiter = threading.Thread(target=lambda: woke.append(future.result(5)))
+    waiter.start()  # a thread blocked in result() is woken by the reply
+    waiter.join(5)
+    assert woke == [[1]] and future.done()
+    future.add_done_callback(lambda f: seen.append(("late", f.result())))  # runs at once
+    assert seen == [("early", [1]), ("late", [1])]
+
+    failing = client.call_async("boom")
+    with pytest.raises(RemoteError, match="boom"):
+        failing.result(5)
+    assert isinstance(failing.exception(0), RemoteError)
+
+    batch = [client.call_async("echo", i) for i in range(4)]
+    done, _ = wait(batch, timeout=5, return_when=FIRST_COMPLETED)
+    assert done
+    assert sorted(f.result() for f in as_completed(batch, timeout=5)) == [[i] for i in range(4)]
+
+
+def test_cancelled_future(scripted_server, make_client) -> None:
+    server = scripted_server(_delayed_script(0.3))
+    client = make_client(server.address, timeout=10)
+    first = client.call_async("echo", 1)
+    second = client.call_async("hold")
+    assert second.cancel() and second.cancelled() and second.done()
+    with pytest.raises(CancelledError):
+        second.result(0)
+    assert first.result(5) == [1]
+    assert not first.cancel()  # already done
+    assert wait_until(lambda: (C.KIND_CANCEL, 2) in server.events)
