@@ -64,7 +64,7 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 
 from rapidrpc.errors import ConnectionLost, DeadlineExceeded, ProtocolError
 
-from rapidrpc.transport._common import RECV_SIZE, SYNC, NotSent, copy_error, unwrap
+from rapidrpc.transport._common import RECV_SIZE, SYNC, NotSent, copy_error
 from rapidrpc.wire import constants as _const
 
 __all__ = ["CallFuture", "ConnectionCore"]
@@ -77,9 +77,12 @@ if _const.HEADER_SIZE != _HDR:
     raise ImportError("rapidrpc.transport._client_c implements a 12-byte header, constants say "
                       f"{_const.HEADER_SIZE}: rebuild the extension")
 
+cdef int C_KIND_REQUEST = _const.KIND_REQUEST
 cdef int C_KIND_RESPONSE = _const.KIND_RESPONSE
 cdef int C_KIND_ERROR = _const.KIND_ERROR
 cdef int C_KIND_GOAWAY = _const.KIND_GOAWAY
+cdef frozenset C_CONNECTION_KINDS = frozenset((
+    _const.KIND_PING, _const.KIND_PONG, _const.KIND_SETTINGS, _const.KIND_GOAWAY))
 cdef uint32_t C_MAX_KIND = _const.MAX_KIND
 cdef uint32_t C_KNOWN_FLAGS = _const.KNOWN_FLAGS
 cdef Py_ssize_t C_ZERO_COPY_MIN = _const.ZERO_COPY_MIN_BODY
@@ -89,6 +92,7 @@ cdef Py_ssize_t C_RECV_SIZE = RECV_SIZE
 cdef double C_ASYNC_SLICE = 0.02
 cdef double C_FOLLOW_SLICE = 0.05
 
+cdef object _MISSING = object()
 cdef object _heappush = heapq.heappush
 cdef object _heapify = heapq.heapify
 cdef object _SYNC = SYNC
@@ -108,6 +112,23 @@ cdef inline double _now() noexcept nogil:
 
 cdef inline uint32_t _load_u32(const unsigned char* p) noexcept nogil:
     return ((<uint32_t>p[0]) << 24) | ((<uint32_t>p[1]) << 16) | ((<uint32_t>p[2]) << 8) | p[3]
+
+
+cdef inline void _store_header(unsigned char* o, uint32_t length, uint32_t kind,
+                               uint32_t request_id) noexcept nogil:
+    """A frame header (flags and reserved bits 0), as framing.encode_header writes it."""
+    o[0] = <unsigned char>(length >> 24)
+    o[1] = <unsigned char>(length >> 16)
+    o[2] = <unsigned char>(length >> 8)
+    o[3] = <unsigned char>length
+    o[4] = <unsigned char>kind
+    o[5] = 0
+    o[6] = 0
+    o[7] = 0
+    o[8] = <unsigned char>(request_id >> 24)
+    o[9] = <unsigned char>(request_id >> 16)
+    o[10] = <unsigned char>(request_id >> 8)
+    o[11] = <unsigned char>request_id
 
 
 cdef inline bint _header_ok(const unsigned char* h, Py_ssize_t size,
@@ -282,9 +303,11 @@ cdef class ConnectionCore:
     cdef uint32_t _max_frame      # the parser's limit (proto.max_frame_size)
     cdef Py_ssize_t _backlog_off
     cdef Py_ssize_t _part         # set by _write_some: bytes of its next chunk already sent
-    # Bound methods called on every call, looked up once.
+    # Bound methods and protocol parts used on every call, looked up once.
     cdef object _state_acquire, _state_release, _send_lock_acquire, _send_lock_release
-    cdef object _send_request, _take_output, _receive_data
+    cdef object _take_output, _proto_feed, _dumps, _loads
+    cdef dict _loads_kw
+    cdef object _max_rid
 
     def __cinit__(self, *args, **kwargs):
         self._buf = NULL
@@ -310,9 +333,13 @@ cdef class ConnectionCore:
         self._state_release = self._state.release
         self._send_lock_acquire = self._send_lock.acquire
         self._send_lock_release = self._send_lock.release
-        self._send_request = self.proto.send_request
-        self._take_output = self.proto.take_output
-        self._receive_data = self.proto.receive_data
+        proto = self.proto
+        self._take_output = proto.take_output
+        self._proto_feed = proto._feed
+        self._dumps = proto._dumps
+        self._loads = proto._loads
+        self._loads_kw = proto._loads_kw
+        self._max_rid = proto._max_request_id
         self._busy_since = _now()
 
     # --- calls --------------------------------------------------------------------------------
@@ -325,9 +352,7 @@ cdef class ConnectionCore:
         try:
             if self.error is not None:
                 raise NotSent(str(self.error))
-            if not self.proto.pending:
-                self._busy_since = now
-            rid = self._send_request(method, args, kwargs, _SYNC, timeout)
+            rid = self._queue_request(method, args, kwargs, _SYNC, timeout, now)
         finally:
             self._state_release()
         try:
@@ -348,9 +373,7 @@ cdef class ConnectionCore:
         try:
             if self.error is not None:
                 raise NotSent(str(self.error))
-            if not self.proto.pending:
-                self._busy_since = _now()
-            rid = self._send_request(method, args, kwargs, future, timeout)
+            rid = self._queue_request(method, args, kwargs, future, timeout, 0.0)
             future._rid = rid
             if timeout is not None:
                 self._push_deadline(_now() + <double>timeout, rid)
@@ -371,6 +394,47 @@ cdef class ConnectionCore:
         finally:
             self._state_release()
         self._flush(INFINITY, True)
+
+    cdef object _queue_request(self, object method, object args, object kwargs, object token,
+                               object timeout, double now):
+        """``proto.send_request(method, args, kwargs, token, timeout)``, fused: the frame is
+        built in one piece (under ``_state``; *now*: the clock if already read, else 0)."""
+        cdef object proto = self.proto
+        cdef object body, frame
+        cdef Py_ssize_t n
+        cdef dict pending = proto._pending
+        if proto.error is not None or proto._next_id > self._max_rid:
+            return proto.send_request(method, args, kwargs, token, timeout)  # (it raises)
+        if timeout is not None:
+            body = self._dumps((method, args, kwargs, {"timeout": timeout}))
+        elif kwargs:
+            body = self._dumps((method, args, kwargs))
+        else:
+            body = self._dumps((method, args))
+        n = PyBytes_GET_SIZE(body)
+        if n > proto.peer_max_frame_size:
+            proto._check_size(body)  # (it raises)
+        if not pending:
+            # Keepalive measures the server's silence from when a call became pending.
+            self._busy_since = now if now else _now()
+        rid = proto._next_id
+        proto._next_id = rid + 1
+        proto.last_request_id = rid
+        pending[rid] = token
+        if proto._sent < proto._peer_inflight and not proto._held:
+            proto._sent += 1
+            if n >= C_ZERO_COPY_MIN:
+                proto._frame(C_KIND_REQUEST, rid, body)  # (header and body apart)
+            else:
+                frame = PyBytes_FromStringAndSize(NULL, _HDR + n)
+                _store_header(<unsigned char*>PyBytes_AS_STRING(frame), <uint32_t>n,
+                              C_KIND_REQUEST, <uint32_t>rid)
+                memcpy(PyBytes_AS_STRING(frame) + _HDR, PyBytes_AS_STRING(body), n)
+                proto._out.append(frame)
+                proto._out_size += _HDR + n
+        else:
+            proto._held[rid] = body
+        return rid
 
     cdef int _push_deadline(self, double deadline, object rid) except -1:
         """Record an async call's deadline for the reader (under ``_state``)."""
@@ -551,7 +615,9 @@ cdef class ConnectionCore:
         if outcome is None:
             self._flush(INFINITY, False)  # the cancel frame
             raise DeadlineExceeded(f"call {method!r} exceeded its deadline of {timeout}s")
-        return unwrap(outcome)
+        if (<tuple>outcome)[0] == C_KIND_RESPONSE:
+            return (<tuple>outcome)[1]
+        raise (<tuple>outcome)[1]
 
     def _read_once(self, deadline, slice_=None):
         """Read the socket once (bounded by *deadline*, *slice_* and keepalive); route."""
@@ -704,38 +770,36 @@ cdef class ConnectionCore:
 
     cdef int _feed(self, object data) except -1:
         """Hand whole frames to the protocol; route the replies they complete."""
-        cdef list events
+        cdef list replies = []
         cdef list futures = None
-        cdef tuple event
+        cdef tuple reply
         cdef object error = None
-        cdef object token
-        cdef int kind
         cdef bint idle_draining
         cdef dict results = self._results
+        cdef dict pending
         proto = self.proto
         self._state_acquire()
         try:
             try:
-                events = self._receive_data(data)
+                self._take_replies(data, replies)
             except ProtocolError as exc:
+                # As the protocol does: those calls fail with the rest of the connection.
+                pending = proto._pending
+                for reply in replies:
+                    pending[reply[1]] = reply[2]
+                replies = []
                 error = ConnectionLost(f"{self._where()}: protocol error: {exc}")
                 error.__cause__ = exc
-                events = []
-            for event in events:
-                kind = event[0]
-                if kind == C_KIND_RESPONSE or kind == C_KIND_ERROR:
-                    token = event[2]
-                    if token is _SYNC:
-                        results[event[1]] = (kind, event[3])
-                    else:
-                        if futures is None:
-                            futures = []
-                        futures.append(event)
-                elif kind == C_KIND_GOAWAY:
-                    self.draining = True
+            for reply in replies:
+                if reply[2] is _SYNC:
+                    results[reply[1]] = (reply[0], reply[3])
+                else:
+                    if futures is None:
+                        futures = []
+                    futures.append(reply)
             if results and self._waiters:
                 self._cond.notify_all()
-            idle_draining = (self.draining or proto.ids_exhausted) and proto.pending == 0
+            idle_draining = (self.draining or proto.ids_exhausted) and not proto._pending
         finally:
             self._state_release()
         if futures is not None:
@@ -747,6 +811,54 @@ cdef class ConnectionCore:
             self._flush(INFINITY, False)
         if idle_draining:
             self._lost(ConnectionLost(f"{self._where()}: connection retired"))
+        return 0
+
+    cdef int _take_replies(self, object data, list replies) except -1:
+        """``proto.receive_data(data)``, fused: append ``(kind, rid, token, value)`` for
+        each reply (under ``_state``).  Frames other than replies go to the protocol."""
+        cdef object proto = self.proto
+        cdef list frames = self._proto_feed(data)
+        cdef dict pending = proto._pending
+        cdef list events
+        cdef tuple event
+        cdef object frame, rid, token, value
+        cdef int kind
+        for frame in frames:
+            kind = frame.kind
+            if kind == C_KIND_RESPONSE or kind == C_KIND_ERROR:
+                rid = frame.request_id
+                token = pending.pop(rid, _MISSING)
+                if token is _MISSING:
+                    proto.dropped_replies += 1
+                    continue
+                proto._sent -= 1
+                try:
+                    if self._loads_kw:
+                        value = self._loads(frame.body, **self._loads_kw)
+                    else:
+                        value = self._loads(frame.body)
+                    if kind == C_KIND_ERROR:
+                        value = proto._remote_error(value)
+                except (ValueError, TypeError, ProtocolError):
+                    pending[rid] = token  # (the protocol's own decode fails it, and raises)
+                    value = proto._decode(frame)
+                    if kind == C_KIND_ERROR:
+                        proto._remote_error(value)
+                    raise
+                replies.append((kind, rid, token, value))
+                if proto._held:
+                    proto._release_held()
+            elif kind in C_CONNECTION_KINDS:
+                events = []
+                proto._connection_frame(frame, events)
+                for event in events:
+                    kind = event[0]
+                    if kind == C_KIND_ERROR:  # a goaway fails the calls it did not process
+                        replies.append(event)
+                    elif kind == C_KIND_GOAWAY:
+                        self.draining = True
+            else:
+                raise proto.unexpected_frame(frame)
         return 0
 
     cdef int _settle_all(self, list events) except -1:

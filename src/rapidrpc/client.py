@@ -167,8 +167,11 @@ class Client:
     ) -> Any:
         if timeout is None:
             timeout = self.timeout
+        conn = self._conn  # (_connection(), inlined: this is every call's path)
+        if conn is None or not conn.fresh():
+            conn = self._reconnect()
         try:
-            return self._connection().call(name, args, kwargs or None, timeout)
+            return conn.call(name, args, kwargs or None, timeout)
         except (NotSent, NotProcessed):
             # Nothing ran: the connection died before our request was queued, or the
             # server's goaway says it never processed it.  Safe to try a new connection.
@@ -191,8 +194,11 @@ class Client:
         """
         if timeout is None:
             timeout = self.timeout
+        conn = self._conn
+        if conn is None or not conn.fresh():
+            conn = self._reconnect()
         try:
-            return self._connection().call_async(name, args, kwargs or None, timeout)
+            return conn.call_async(name, args, kwargs or None, timeout)
         except NotSent:
             return self._connection().call_async(name, args, kwargs or None, timeout)
 

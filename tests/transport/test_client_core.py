@@ -382,3 +382,53 @@ def test_cancelled_future(scripted_server, make_client) -> None:
     assert first.result(5) == [1]
     assert not first.cancel()  # already done
     assert wait_until(lambda: (C.KIND_CANCEL, 2) in server.events)
+
+
+# --- protocol errors in the middle of a batch -----------------------------------------------------
+
+
+def _batch_script(*frames_for):
+    """Answer the first two requests with one write of ``make(server, rids)`` frames."""
+
+    def script(server, sock, proto) -> None:
+        server.handshake(sock, proto)
+        sock.settimeout(5)
+        rids: list[int] = []
+        while len(rids) < 2:
+            data = sock.recv(65536)
+            if not data:
+                return
+            rids += [e[1] for e in proto.receive_data(data) if e[0] == C.KIND_REQUEST]
+        w = wire_of(server.backend_name)
+        sock.sendall(b"".join(make(w, rids) for make in frames_for))
+        server.read_events(sock, proto, 2.0)
+
+    return script
+
+
+def _reply(kind: int, value: Any, which: int = 0, raw: bytes | None = None):
+    """A frame answering request *which* of the batch (*raw*: that body, not encoded)."""
+
+    def make(w: dict[str, Any], rids: list[int]) -> bytes:
+        body = raw if raw is not None else w["serializer"].dumps(value)
+        return w["framing"].encode_frame(kind, rids[which], body)
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (_reply(C.KIND_RESPONSE, None, 1, raw=b"\xc1"), "undecodable"),
+        (_reply(C.KIND_ERROR, ["not", "an", "error"], 1), "malformed error body"),
+        (_reply(C.KIND_REQUEST, ["f", []], 1), "a server may not send request frames"),
+    ],
+)
+def test_a_bad_frame_fails_every_call_of_its_batch(scripted_server, make_client, bad, message):
+    """A good reply then a bad frame in one read: both calls fail, neither hangs."""
+    server = scripted_server(_batch_script(_reply(C.KIND_RESPONSE, "good"), bad))
+    client = make_client(server.address, timeout=5)
+    futures = [client.call_async("f"), client.call_async("g")]
+    for future in futures:
+        with pytest.raises(rapidrpc.ConnectionLost, match=message):
+            future.result(5)

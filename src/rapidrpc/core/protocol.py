@@ -520,6 +520,12 @@ class ClientConnection(Connection):
     once the server's settings have arrived).
     """
 
+    # The compiled blocking client (cext/client.pyx) queues requests and takes replies
+    # itself, reading and updating _next_id, _max_request_id, last_request_id, _pending,
+    # _sent, _held, _peer_inflight, dropped_replies and the output queue (_out, _out_size)
+    # exactly as send_request / receive_data do, and calling the methods here for the rest.
+    # Change those together (tests/transport/test_client_core.py compares both clients).
+
     def __init__(self, *, max_request_id: int = C.MAX_REQUEST_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 1 <= max_request_id <= C.MAX_REQUEST_ID:
@@ -665,35 +671,47 @@ class ClientConnection(Connection):
         frames = self._feed(data)
         events: list[tuple[Any, ...]] = []
         pending = self._pending
-        for frame in frames:
-            kind = frame.kind
-            if self.peer_settings is None:
-                self._check_handshake(frame)
-            if kind in _REPLY_KINDS:
-                rid = frame.request_id
-                token = pending.pop(rid, _MISSING)
-                if token is _MISSING:
-                    self.dropped_replies += 1
-                    continue
-                self._sent -= 1
-                try:
-                    value = self._decode(frame)
-                    if kind == KIND_ERROR:
-                        value = self._remote_error(value)
-                except ProtocolError:
-                    pending[rid] = token  # keep it so the driver fails it with the rest
-                    raise
-                events.append((kind, rid, token, value))
-                if self._held:
-                    self._release_held()
-            elif kind in _CONNECTION_KINDS:
-                self._connection_frame(frame, events)
-            else:
-                raise self._fail(
-                    f"a server may not send {C.KIND_NAMES.get(kind, kind)} frames "
-                    f"(request id {frame.request_id})"
-                )
+        try:
+            for frame in frames:
+                kind = frame.kind
+                if self.peer_settings is None:
+                    self._check_handshake(frame)
+                if kind in _REPLY_KINDS:
+                    rid = frame.request_id
+                    token = pending.pop(rid, _MISSING)
+                    if token is _MISSING:
+                        self.dropped_replies += 1
+                        continue
+                    self._sent -= 1
+                    try:
+                        value = self._decode(frame)
+                        if kind == KIND_ERROR:
+                            value = self._remote_error(value)
+                    except ProtocolError:
+                        pending[rid] = token  # keep it so the driver fails it with the rest
+                        raise
+                    events.append((kind, rid, token, value))
+                    if self._held:
+                        self._release_held()
+                elif kind in _CONNECTION_KINDS:
+                    self._connection_frame(frame, events)
+                else:
+                    raise self.unexpected_frame(frame)
+        except ProtocolError:
+            # The events of this batch are lost with the exception: give the tokens of the
+            # replies it already took back, so the driver fails those calls with the rest.
+            for event in events:
+                if event[0] in _REPLY_KINDS:
+                    pending[event[1]] = event[2]
+            raise
         return events
+
+    def unexpected_frame(self, frame: Any) -> ProtocolError:
+        """Fail the connection on a frame of a kind a server may not send; return the error."""
+        return self._fail(
+            f"a server may not send {C.KIND_NAMES.get(frame.kind, frame.kind)} frames "
+            f"(request id {frame.request_id})"
+        )
 
     def _remote_error(self, value: Any) -> Exception:
         if (

@@ -202,7 +202,12 @@ class BlockingConnection(_client_py.ConnectionCore):
         reading (idle timeout, shutdown, keepalive): read that now, without blocking, so
         the next call goes to a new connection instead of failing on a dead one.
         """
-        if not self.usable:
+        if (  # (usable, inlined: this runs before every call)
+            self.error is not None
+            or self.draining
+            or self._generation != _fork_generation
+            or self.proto.ids_exhausted
+        ):
             return False
         if time.monotonic() - self._last_heard < idle:
             return True
