@@ -69,6 +69,15 @@ from rapidrpc.wire import constants as _const
 
 __all__ = ["CallFuture", "ConnectionCore"]
 
+cdef extern from *:
+    """
+    #ifndef RAPIDRPC_DEBUG
+    #define RAPIDRPC_DEBUG 0
+    #endif
+    """
+    # setup.py defines it (RAPIDRPC_DEBUG=1 builds): invariant checks, compiled out otherwise.
+    const int RAPIDRPC_DEBUG
+
 # --- numbers from constants.py, as C globals --------------------------------------------------
 cdef enum:
     _HDR = 12
@@ -101,6 +110,10 @@ cdef object _PENDING = PENDING
 cdef object _FINISHED = FINISHED
 cdef object _CANCELLED = CANCELLED
 cdef object _CANCELLED_AND_NOTIFIED = CANCELLED_AND_NOTIFIED
+# CallFuture sets Future.__init__'s attributes itself, all but _condition; should another
+# Python add one, it calls Future.__init__ instead (and so always takes the locked path).
+cdef bint _LAZY_CONDITION = set(vars(Future())) == {
+    "_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks"}
 
 
 # --- small C helpers --------------------------------------------------------------------------
@@ -166,6 +179,11 @@ class CallFuture(Future):
     """
 
     def __init__(self, conn):
+        if not _LAZY_CONDITION:
+            Future.__init__(self)
+            self._conn = conn
+            self._rid = 0
+            return
         # Future.__init__'s attributes, but for _condition (see __getattr__).
         self._state = _PENDING
         self._result = None
@@ -731,6 +749,8 @@ cdef class ConnectionCore:
         cdef uint32_t limit = self._max_frame
         if self._big is not None:
             self._big_have += n
+            if RAPIDRPC_DEBUG and self._big_have > PyBytes_GET_SIZE(self._big):
+                raise AssertionError("client: read past the end of a large frame")
             if self._big_have < PyBytes_GET_SIZE(self._big):
                 return 0
             frame = self._big
@@ -738,6 +758,8 @@ cdef class ConnectionCore:
             return self._feed(frame)
         self._have += n
         have = self._have
+        if RAPIDRPC_DEBUG and not 0 < have <= self._cap:
+            raise AssertionError(f"client: {have} buffered bytes in a {self._cap}-byte buffer")
         while True:
             avail = have - pos
             if avail < _HDR:
