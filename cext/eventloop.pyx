@@ -38,7 +38,7 @@ from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsDouble
 from cpython.memoryview cimport PyMemoryView_FromMemory
-from cpython.object cimport PyObject, PyObject_IsTrue
+from cpython.object cimport PyObject, PyObject_Call, PyObject_IsTrue
 from cpython.tuple cimport PyTuple_GET_ITEM
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.errno cimport (
@@ -112,6 +112,11 @@ from rapidrpc.wire import _framing_text as _text
 from rapidrpc.wire import constants as _const
 
 __all__ = ["EventLoop", "ServerConfig", "serve"]
+
+cdef extern from "Python.h":
+    object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf,
+                               PyObject* kwnames)
+    PyObject** PySequence_Fast_ITEMS(object seq)
 
 cdef extern from *:
     """
@@ -489,7 +494,8 @@ cdef class _Conn:
     cdef int mask
     cdef Py_ssize_t nblocking    # blocking calls handed to the pool, not reported back yet
     cdef long long peer_max      # proto.peer_max_frame_size
-    cdef long long last_rid      # proto.last_request_id
+    cdef long long last_rid      # proto.last_request_id (ahead of it while rid_dirty)
+    cdef bint rid_dirty          # last_rid not written to proto yet
     cdef double created
     cdef double last_recv
     cdef double last_call
@@ -549,6 +555,7 @@ cdef class EventLoop:
     cdef dict _table             # the dispatcher's live name -> Method table
     cdef object _lookup
     cdef object _invoke
+    cdef object _argument_error
     cdef object _loads
     cdef bint _default_depth
     cdef object _max_depth
@@ -617,6 +624,7 @@ cdef class EventLoop:
         self._table = dispatcher.table
         self._lookup = dispatcher.lookup
         self._invoke = dispatcher.invoke
+        self._argument_error = dispatcher.argument_error
         self._max_frame = cfg.max_frame_size
         self._in_cap_limit = _HDR + <Py_ssize_t>cfg.max_frame_size + RECV_SIZE
         # Pause reading before the output cap can be reached (see the pure loop).
@@ -715,8 +723,10 @@ cdef class EventLoop:
                 if n < 0:
                     if errno != EINTR:
                         raise _os_error(errno)
-                    PyErr_CheckSignals()  # run Python signal handlers (they may raise)
                     n = 0
+                # Run Python signal handlers now (they may raise KeyboardInterrupt): this C
+                # loop executes no bytecode of its own, where Python would check for them.
+                PyErr_CheckSignals()
                 for i in range(n):
                     fd = events[i].data.fd
                     mask = events[i].events
@@ -908,6 +918,7 @@ cdef class EventLoop:
                 _in_keep(&conn.inb, base + s + cut, e - s - cut)
         else:
             _in_consumed(&conn.inb, s + cut)
+        self._sync_rid(conn)
         try:
             events = proto.receive_data(data)
         except ProtocolError:
@@ -997,6 +1008,7 @@ cdef class EventLoop:
     cdef int _frame_error(self, _Conn conn, str message, double now) except -1:
         """A bad header: what the ServerConnection does for a FrameError, then close."""
         cdef object proto = conn.proto
+        self._sync_rid(conn)
         if proto.error is None:
             error = ProtocolError(message)
             error.__cause__ = FrameError(message)
@@ -1011,6 +1023,7 @@ cdef class EventLoop:
 
     cdef int _delegate(self, _Conn conn, const char* frame, Py_ssize_t size) except -1:
         """Hand one whole frame to the ServerConnection and handle its events."""
+        self._sync_rid(conn)
         try:
             events = conn.proto.receive_data(PyBytes_FromStringAndSize(frame, size))
         except ProtocolError:
@@ -1032,10 +1045,10 @@ cdef class EventLoop:
         Everything that can make the protocol refuse or reject the request is checked
         before the call is counted; the conditions mirror ServerConnection._on_request.
         """
-        cdef object data, msg, method, args, kwargs = None, meta, value, entry, result
+        cdef object data, msg, method, args, kwargs = None, meta, value, entry, func, result
         cdef PyObject* item
         cdef Py_ssize_t n
-        cdef double timeout = 0.0, deadline
+        cdef double timeout = 0.0
         cdef bint has_deadline = False
         if not conn.fast_ok or conn.nblocking or rid == 0:
             return False  # others in flight (reuse, limit), a goaway or an error: slow path
@@ -1098,21 +1111,35 @@ cdef class EventLoop:
         # Admitted: from here on this call is answered on this path.
         if rid > conn.last_rid:
             conn.last_rid = rid
-            conn.proto.last_request_id = rid
+            conn.rid_dirty = True  # written to proto before it next needs it (_sync_rid)
         conn.last_call = conn.last_recv  # idle means no calls (pings don't count)
+        func = <object>PyTuple_GET_ITEM(entry, 0)  # Method.func
         try:
-            if has_deadline:
-                deadline = _now() + timeout
-                if _now() >= deadline:
-                    raise DeadlineExceeded("deadline exceeded before dispatch")
-            result = self._invoke(entry, args, kwargs)
+            # The pure loop starts the deadline when it decodes the request and checks it
+            # just before the call; here both happen at once, so only a timeout too small
+            # for the clock to represent can have passed.
+            if has_deadline and conn.last_recv + timeout <= conn.last_recv:
+                raise DeadlineExceeded("deadline exceeded before dispatch")
+            if kwargs:
+                result = PyObject_Call(func, tuple(args), kwargs)
+            else:  # the decoded list's items are the argument vector: no tuple
+                result = PyObject_Vectorcall(func, PySequence_Fast_ITEMS(args),
+                                             PyList_GET_SIZE(args), NULL)
+        except TypeError as exc:  # Dispatcher.invoke's rule: binding errors are InvalidParams
+            invalid = self._argument_error(entry, args, kwargs, exc)
+            self._answer_error(conn, rid, exc if invalid is None else invalid)
+            return True
         except Exception as exc:  # any handler failure becomes an error reply
-            conn.proto.begin_call(rid)
-            conn.proto.send_exception(rid, exc)
-            self._take_output(conn)
+            self._answer_error(conn, rid, exc)
             return True
         self._reply(conn, rid, result)
         return True
+
+    cdef int _answer_error(self, _Conn conn, uint32_t rid, object exc) except -1:
+        conn.proto.begin_call(rid)
+        conn.proto.send_exception(rid, exc)
+        self._take_output(conn)
+        return 0
 
     cdef int _reply(self, _Conn conn, uint32_t rid, object result) except -1:
         """Queue the response frame for *result* (the bytes ServerConnection would send)."""
@@ -1262,9 +1289,17 @@ cdef class EventLoop:
                 _out_append(&conn.out, PyBytes_AS_STRING(chunk), n)
         return 0
 
+    cdef inline int _sync_rid(self, _Conn conn) except -1:
+        """Write the fast path's last request id to proto (before anything reads it)."""
+        if conn.rid_dirty:
+            conn.rid_dirty = False
+            conn.proto.last_request_id = conn.last_rid
+        return 0
+
     cdef int _sync(self, _Conn conn) except -1:
         """Refresh the copies of protocol state the fast path reads."""
         cdef object proto = conn.proto
+        self._sync_rid(conn)
         conn.fast_ok = proto.error is None and not proto.goaway_sent
         conn.peer_max = proto.peer_max_frame_size
         conn.last_rid = proto.last_request_id
@@ -1483,6 +1518,7 @@ cdef class EventLoop:
                     self._mark_dirty(conn)
             if (self._idle_timeout and now - conn.last_call > self._idle_timeout
                     and proto.inflight == 0):
+                self._sync_rid(conn)
                 proto.send_goaway(_OK, "idle timeout")
                 self._take_output(conn)
                 self._sync(conn)
@@ -1503,6 +1539,7 @@ cdef class EventLoop:
             if not conn.proto.handshake_complete:
                 self._close(conn)
                 continue
+            self._sync_rid(conn)
             conn.proto.send_goaway(_OK, "server shutting down")
             self._take_output(conn)
             self._sync(conn)

@@ -195,6 +195,8 @@ def handlers(server: rapidrpc.Server, gate: Gate | None = None) -> None:
     server.register(boom)
     server.register(deny)
     server.register(kw)
+    server.register(int, name="toint")  # a builtin without an introspectable signature
+    server.register(lambda s: s.upper(), name="upper")
     if gate is not None:
         server.register(lambda tag: (gate.event.wait(5), tag)[1], name="hold", blocking=True)
 
@@ -252,6 +254,9 @@ def test_calls_and_errors_identical(backend_name, compiled_loop) -> None:
             ("send", w.call(15, "make", 0xFFFF) + w.call(16, "make", 0x10000)),
             ("send", w.call(17, "echo", [1, {"a": (2, 3)}, None, 1.5, "é"])),
             ("send", w.call(18, "rpc.methods")),
+            ("send", w.call(31, "toint", [1]) + w.call(32, "toint", 1, 2, 3, 4)),
+            ("send", w.call(33, "toint", "7") + w.call(34, "upper", 5)),
+            ("send", w.call(35, "kw", kwargs={"a": 1, "c": 2}) + w.call(36, "kw", 1, 2)),
             ("sync",),
             ("send", w.call(19, "add", 1, 2, meta={"timeout": 0})),
             ("send", w.call(20, "add", 1, 2, meta={"timeout": -1.0})),
@@ -288,6 +293,9 @@ def test_calls_and_errors_identical(backend_name, compiled_loop) -> None:
     assert got[15] == (RESP, b"x" * 0xFFFF) and got[16] == (RESP, b"x" * 0x10000)
     assert codes[19] == codes[20] == StatusCode.DEADLINE_EXCEEDED
     assert all(codes[rid] == StatusCode.INVALID_ARGUMENT for rid in range(21, 31))
+    assert codes[31] == codes[32] == codes[35] == codes[36] == StatusCode.INVALID_ARGUMENT
+    assert got[33] == (RESP, 7)
+    assert got[34][1][0] == StatusCode.UNKNOWN and got[34][1][2] == "AttributeError"
     assert [got[rid] for rid in range(100, 400)] == [(RESP, rid + 1) for rid in range(100, 400)]
     assert 999 not in got and 0 not in got  # nothing for the cancel or the notifications
 
@@ -570,9 +578,10 @@ def test_ctrl_c_interrupts_serve_forever(backend_name) -> None:
         port = int(proc.stdout.readline())
         with rapidrpc.Client(("127.0.0.1", port), backend=backend_name) as client:
             assert client.call("rpc.methods")
+        time.sleep(0.2)  # idle: no call, no bytecode of ours running in the server
         proc.send_signal(signal.SIGINT)
-        assert proc.stdout.readline().strip() == "interrupted"
-        assert proc.wait(10) == 0
+        out, _ = proc.communicate(timeout=10)
+        assert out.strip() == "interrupted" and proc.returncode == 0
     finally:
         proc.kill()
         proc.wait(10)
