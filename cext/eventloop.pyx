@@ -1458,6 +1458,7 @@ cdef class EventLoop:
             return 0
         conn.closing = True
         conn.paused = False
+        conn.inb.start = conn.inb.end = 0  # input is never handled again, only drained
         conn.close_at = now + (self._linger if linger < 0.0 else linger)
         if not conn.proto.preface_sent and not conn.out.count:
             self._close(conn)  # not a native peer: nothing to say, close at once
