@@ -176,6 +176,8 @@ cdef enum:
     PAUSED = 1
     FAILED = 2
 
+cdef Py_ssize_t BIN16_MAX = 0xFFFF         # longest bytes MessagePack packs as bin 16
+cdef Py_ssize_t BIN32_MAX = 0xFFFFFFFF - 5  # longest bytes whose bin 32 body fits a frame
 cdef double NO_TIME = -1.0    # "None" for the optional timestamps (monotonic time is >= 0)
 cdef int _IOV_CAP = IOV_MAX if IOV_MAX < 1024 else 1024
 cdef str _TIMEOUT_KEY = "timeout"
@@ -1148,7 +1150,7 @@ cdef class EventLoop:
         cdef object body
         if type(result) is bytes:
             n = PyBytes_GET_SIZE(result)
-            if 0xFFFF < n <= 0xFFFFFFF0 and n + 5 <= conn.peer_max:
+            if BIN16_MAX < n <= BIN32_MAX and n + 5 <= conn.peer_max:
                 # A large bytes result: header + bin 32 prefix here, the body by reference.
                 p = <unsigned char*>_out_reserve(&conn.out, _HDR + 5)
                 _store_header(p, <uint32_t>(n + 5), K_RESPONSE, rid)
