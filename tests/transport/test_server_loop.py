@@ -22,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from rpc_helpers import wire_of
 
 import rapidrpc
@@ -605,3 +607,100 @@ def test_begin_call_and_table_hooks(backend) -> None:
     assert proto.inflight == 0 and proto.output_size > 0
     proto.send_response(5, 1)  # ended already: nothing more is sent
     assert len(proto.take_output()) == 1
+
+
+# --- random conversations ---------------------------------------------------------------------
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+    st.lists(st.integers(0, 300), max_size=4),
+)
+_META = st.one_of(
+    st.none(),
+    st.fixed_dictionaries({"timeout": st.sampled_from([30.0, 5, 0, -1.0, "x", True, 1e-300])}),
+    st.fixed_dictionaries({"trace": st.text(max_size=5)}),
+)
+
+
+@st.composite
+def _frame_items(draw: st.DrawFn) -> tuple:
+    """One client frame of a random conversation (no header violations: those drop whole
+    chunks, so their effect depends on how the kernel splits the stream)."""
+    kind = draw(st.sampled_from(["call", "call", "call", "notify", "ping", "cancel", "raw"]))
+    rid = draw(st.integers(1, 40))
+    if kind in ("call", "notify"):
+        method, args, kwargs = draw(
+            st.one_of(
+                st.tuples(
+                    st.just("add"), st.lists(st.integers(), min_size=2, max_size=2), st.none()
+                ),
+                st.tuples(st.just("echo"), st.lists(_VALUES, min_size=1, max_size=1), st.none()),
+                st.tuples(
+                    st.just("make"),
+                    st.lists(
+                        st.sampled_from([0, 5, 0xFFFF, 0x10000, 100_000]), min_size=1, max_size=1
+                    ),
+                    st.none(),
+                ),
+                st.tuples(
+                    st.sampled_from(["add", "echo", "boom", "nope", "kw", "toint"]),
+                    st.lists(_VALUES, max_size=3),
+                    st.one_of(st.none(), st.fixed_dictionaries({"b": _VALUES})),
+                ),
+            )
+        )
+        return (kind, rid, method, args, kwargs, draw(_META))
+    if kind == "raw":  # a request body of the wrong shape
+        return ("raw", rid, draw(st.sampled_from([[], ["add"], {"a": 1}, 5, ["add", 1, 2, 3, 4]])))
+    return (kind, rid)
+
+
+def _encode_items(w: Wire, items: list[tuple]) -> bytes:
+    out = []
+    for item in items:
+        if item[0] == "call":
+            _, rid, method, args, kwargs, meta = item
+            out.append(w.call(rid, method, *args, kwargs=kwargs, meta=meta))
+        elif item[0] == "notify":
+            _, _rid, method, args, kwargs, meta = item
+            out.append(w.frame(NOTE, 0, [method, args, kwargs, meta]))
+        elif item[0] == "ping":
+            out.append(w.frame(C.KIND_PING, 0, 1000 + item[1]))
+        elif item[0] == "cancel":
+            out.append(w.frame(C.KIND_CANCEL, item[1], None))
+        else:
+            out.append(w.frame(REQ, item[1], item[2]))
+    return b"".join(out)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    # compiled_loop is a constant; the leak guard checks once after all examples.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    items=st.lists(_frame_items(), min_size=1, max_size=25),
+    cuts=st.lists(st.integers(1, 4000), max_size=6),
+    wire_backend=st.sampled_from(["cython", "python"]),
+)
+def test_random_conversations_identical(compiled_loop, items, cuts, wire_backend) -> None:
+    """Random frames, cut into random pieces: both loops answer with the same bytes."""
+
+    def steps(w: Wire) -> list[tuple]:
+        data = _encode_items(w, items)
+        pieces, at = [], 0
+        for cut in sorted(cuts):
+            if at < cut < len(data):
+                pieces.append(("send", data[at:cut]))
+                at = cut
+        pieces.append(("send", data[at:]))
+        return [("send", w.hello()), *pieces, ("sync",)]
+
+    frames = compare(wire_backend, steps)
+    assert kinds(frames)[-1] == C.KIND_PONG
