@@ -64,6 +64,7 @@ KIND_PONG = C.KIND_PONG
 KIND_GOAWAY = C.KIND_GOAWAY
 KIND_SETTINGS = C.KIND_SETTINGS
 _ZERO_COPY = C.ZERO_COPY_MIN_BODY
+_FIRST_HEADER_END = C.PREFACE_SIZE + C.HEADER_SIZE  # where the first frame's body begins
 _CONNECTION_KINDS = frozenset((KIND_PING, KIND_PONG, KIND_SETTINGS, KIND_GOAWAY))
 _CALL_KINDS = frozenset((KIND_REQUEST, KIND_NOTIFICATION))
 _REPLY_KINDS = frozenset((KIND_RESPONSE, KIND_ERROR))
@@ -139,6 +140,9 @@ class Connection:
         self._ping_counter = 0
         #: The ProtocolError that ended this connection, or None.
         self.error: ProtocolError | None = None
+        # The stream's first bytes (preface + first frame header) until that header has been
+        # checked against the handshake limit; None afterwards.
+        self._first_head: bytearray | None = bytearray()
 
     # --- output -------------------------------------------------------------------------
 
@@ -243,10 +247,36 @@ class Connection:
     def _feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
         if self.error is not None:
             raise self.error
+        if self._first_head is not None:
+            self._check_first_header(data)
         try:
             return self._parser.feed(data)
         except FrameError as exc:
             raise self._fail(str(exc), exc) from exc
+
+    def _check_first_header(self, data: bytes | bytearray | memoryview) -> None:
+        """Refuse a first frame above the handshake limit from its header (HOSTILE 10).
+
+        Before the handshake nothing is known about the peer, so it may not make us buffer
+        more than a settings frame needs.  Only a well-formed preface is checked here; the
+        parser reports anything else in its own words.
+        """
+        head = self._first_head
+        assert head is not None
+        head += data[: _FIRST_HEADER_END - len(head)]
+        if len(head) < _FIRST_HEADER_END:
+            return
+        self._first_head = None
+        if head[: C.PREFACE_SIZE] != C.PREFACE:
+            return
+        length = int.from_bytes(head[C.PREFACE_SIZE : C.PREFACE_SIZE + 4], "big")
+        if length > C.HANDSHAKE_MAX_FRAME_SIZE:
+            message = (
+                f"frame body of {length} bytes exceeds the limit of "
+                f"{C.HANDSHAKE_MAX_FRAME_SIZE} bytes before the handshake completes "
+                f"(at offset {C.PREFACE_SIZE})"
+            )
+            raise self._fail(message, FrameError(message))
 
     def _connection_frame(self, frame: Any, events: list[Any]) -> None:
         """Handle settings, ping, pong and goaway (request id must be 0)."""

@@ -24,6 +24,7 @@ __all__ = [
     "EXT_BIGINT",
     "EXT_TIMESTAMP",
     "FLAG_END_STREAM",
+    "HANDSHAKE_MAX_FRAME_SIZE",
     "HEADER_SIZE",
     "KIND_CANCEL",
     "KIND_ERROR",
@@ -93,6 +94,10 @@ MAX_REQUEST_ID = 0xFFFFFFFF  # ids are u32; clients reconnect before an id would
 
 # Default for FrameParser(max_frame_size=...): bodies above this are refused from the header.
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+# Before the handshake is over (HOSTILE 10: nothing is trusted yet) the first frame after
+# the preface -- the peer's settings -- may carry at most this many body bytes; a larger one
+# is refused from its header and the connection closed.
+HANDSHAKE_MAX_FRAME_SIZE = 4096
 # Bodies at least this large that lie inside one immutable `bytes` chunk are handed out as
 # read-only memoryviews instead of copies (both backends apply the same rule).
 ZERO_COPY_MIN_BODY = 64 * 1024
