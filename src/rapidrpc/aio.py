@@ -39,8 +39,9 @@ from typing import Any, TypeVar
 from .client import parse_address, wire_modules
 from .core.dispatch import Dispatcher
 from .core.protocol import NotProcessed
-from .errors import ConnectionLost, DeadlineExceeded
+from .errors import ConnectionLost, DeadlineExceeded, Unavailable
 from .transport.aio import ConnectionGroup, NotSent, RPCClientProtocol, ServerConfig
+from .transport.resilience import Backoff
 from .wire import constants as C
 
 __all__ = ["Client", "Server"]
@@ -244,7 +245,10 @@ class Client:
     tolerates a silent connection before pinging (and, after as long again, declaring it
     lost).  *backend* picks the wire implementation (``"cython"``/``"python"``; None:
     ``rapidrpc.BACKEND``).  *ssl* (an ``ssl.SSLContext``) connects with TLS, checking the
-    certificate against *server_hostname* (default: the host).
+    certificate against *server_hostname* (default: the host).  *reconnect_backoff* (a
+    :class:`~rapidrpc.transport.resilience.Backoff`; default 1 s x1.6 +-20 % up to 120 s)
+    spaces connection attempts after a failed one: within its window calls fail fast with
+    ConnectionLost.  This client never retries calls.
 
     Remote methods whose names clash with this class's own attributes (``call``,
     ``close``, ...) are reached with :meth:`call`.
@@ -264,9 +268,12 @@ class Client:
         backend: str | None = None,
         ssl: _ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        reconnect_backoff: Backoff | None = None,
     ) -> None:
         self.address = parse_address(address)
         self.timeout = timeout
+        self.reconnect_backoff = Backoff() if reconnect_backoff is None else reconnect_backoff
+        self._connect_error = ""
         self.connect_timeout = connect_timeout
         serializer, framing = wire_modules(backend)
         host, port = self.address
@@ -297,6 +304,9 @@ class Client:
                 raise RuntimeError("the client is closed")
             task = self._connecting
             if task is None or task.done():  # (a finished one: its result was not usable)
+                wait = self.reconnect_backoff.remaining()
+                if wait > 0:  # fail fast rather than hammer a server that just refused us
+                    raise ConnectionLost(f"{self._connect_error}; reconnecting in {wait:.1f} s")
                 task = self._connecting = asyncio.get_running_loop().create_task(self._open())
                 task.add_done_callback(self._connected)
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -323,6 +333,16 @@ class Client:
             task.exception()  # retrieved here: every waiter may have given up
 
     async def _open(self) -> RPCClientProtocol:
+        try:
+            conn = await self._open_connection()
+        except (ConnectionLost, Unavailable) as exc:
+            self.reconnect_backoff.failed()
+            self._connect_error = str(exc)
+            raise
+        self.reconnect_backoff.reset()
+        return conn
+
+    async def _open_connection(self) -> RPCClientProtocol:
         old = self._conn
         if old is not None:
             self._conn = None

@@ -12,19 +12,27 @@ Remote failures raise :class:`~rapidrpc.RemoteError` subclasses chosen by status
 :class:`~rapidrpc.DeadlineExceeded`; a lost connection fails pending calls with
 :class:`~rapidrpc.ConnectionLost`.  The connection is opened on the first call and reopened
 on demand after a loss (a call is never re-sent: one that was in flight fails), after a
-goaway, when request ids run out, and in a forked child.
+goaway, when request ids run out, and in a forked child.  After a failed connect, calls fail
+fast with ConnectionLost until a jittered exponential backoff window has passed (HOSTILE 33).
+Methods named in ``idempotent_methods`` are retried on ConnectionLost/Unavailable under the
+client's RetryPolicy, within the call's deadline, throttled by a per-client RetryBudget
+(HOSTILE 34).
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterable
 from concurrent.futures import Future
 from types import ModuleType, TracebackType
 from typing import Any
 
 from .core.protocol import NotProcessed
+from .errors import ConnectionLost, Unavailable
 from .transport import blocking
 from .transport.blocking import BlockingConnection, NotSent
+from .transport.resilience import Backoff, RetryBudget, RetryPolicy, call_with_retries
 from .wire import constants as C
 
 __all__ = ["Client", "parse_address", "resolve_backend", "wire_modules"]
@@ -101,6 +109,14 @@ class Client:
     again, declaring it lost).  *backend* picks the wire implementation (``"cython"`` or
     ``"python"``; None: ``rapidrpc.BACKEND``).
 
+    *reconnect_backoff* spaces connection attempts after a failed one (default: 1 s x1.6
+    +-20 % up to 120 s); within its window calls fail fast with ConnectionLost.  Calls of the
+    methods in *idempotent_methods* (exact names, e.g. ``"calc.add"``) are retried per
+    *retry* (default :class:`RetryPolicy`: 5 attempts, 0.1 s x2 to 1 s) when they fail with
+    ConnectionLost or Unavailable, all attempts within the call's one deadline; retries of
+    all calls share *retry_budget* (default :class:`RetryBudget`), so a failing server sees
+    no retry storm.  Other calls are never re-sent once they may have run.
+
     Remote methods whose names clash with this class's own attributes (``call``,
     ``close``, ...) are reached with :meth:`call`.
     """
@@ -114,9 +130,18 @@ class Client:
         max_frame_size: int = C.DEFAULT_MAX_FRAME_SIZE,
         keepalive: float | None = 30.0,
         backend: str | None = None,
+        reconnect_backoff: Backoff | None = None,
+        idempotent_methods: Iterable[str] = (),
+        retry: RetryPolicy | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         self.address = parse_address(address)
         self.timeout = timeout
+        self.reconnect_backoff = Backoff() if reconnect_backoff is None else reconnect_backoff
+        self.idempotent_methods = frozenset(idempotent_methods)
+        self.retry = RetryPolicy() if retry is None else retry
+        self.retry_budget = RetryBudget() if retry_budget is None else retry_budget
+        self._connect_error = ""
         self._serializer, self._framing = wire_modules(backend)
         self._conn_class = blocking.connection_class(resolve_backend(backend))
         self._conn_kw = {
@@ -157,7 +182,20 @@ class Client:
             if conn is not None:
                 conn.retire()  # in-flight calls finish on it; it closes when idle
             self._conn = None
-            self._conn = conn = self._conn_class(*self.address, **self._conn_kw)
+            backoff = self.reconnect_backoff
+            wait = backoff.remaining()
+            if wait > 0:  # fail fast rather than hammer a server that just refused us
+                error = ConnectionLost(f"{self._connect_error}; reconnecting in {wait:.1f} s")
+                error.retry_after = wait  # type: ignore[attr-defined]
+                raise error
+            try:
+                conn = self._conn_class(*self.address, **self._conn_kw)
+            except (ConnectionLost, Unavailable) as exc:
+                exc.retry_after = backoff.failed()  # type: ignore[attr-defined]
+                self._connect_error = str(exc)
+                raise
+            backoff.reset()
+            self._conn = conn
             return conn
 
     # --- calls ------------------------------------------------------------------------------
@@ -167,6 +205,19 @@ class Client:
     ) -> Any:
         if timeout is None:
             timeout = self.timeout
+        if name in self.idempotent_methods:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            return call_with_retries(
+                lambda left: self._invoke_once(name, args, kwargs, left),
+                self.retry,
+                self.retry_budget,
+                deadline,
+            )
+        return self._invoke_once(name, args, kwargs, timeout)
+
+    def _invoke_once(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
         conn = self._conn  # (_connection(), inlined: this is every call's path)
         if conn is None or not conn.fresh():
             conn = self._reconnect()

@@ -226,3 +226,11 @@ def test_success_without_retry_earns_tokens() -> None:
     budget.try_spend()
     assert run(Flaky(clock), clock, budget=budget) == "ok"
     assert budget.tokens == 9.5
+
+
+def test_retry_waits_at_least_retry_after() -> None:
+    clock = FakeClock()
+    error = ConnectionLost("reconnecting in 0.7 s")
+    error.retry_after = 0.7  # type: ignore[attr-defined]
+    assert run(Flaky(clock, error), clock) == "ok"
+    assert clock.slept == [0.7]  # the reconnect window, not the policy's 0.1 s

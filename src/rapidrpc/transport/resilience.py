@@ -183,6 +183,8 @@ def call_with_retries(
     time left as its timeout, so all attempts share one budget of time.  A retry happens
     only when the error is one the policy retries, attempts remain, the backoff delay ends
     before the deadline, and *budget* grants a token; otherwise the last error propagates.
+    An error with a ``retry_after`` attribute (seconds; the client's reconnect backoff window)
+    delays the retry at least that long.
     """
     backoff = policy.backoff(random=random)
     attempts = 0
@@ -191,10 +193,10 @@ def call_with_retries(
         timeout = None if deadline is None else max(0.0, deadline - clock())
         try:
             result = attempt(timeout)
-        except policy.retry_on:
+        except policy.retry_on as exc:
             if attempts >= policy.max_attempts:
                 raise
-            delay = backoff.next_delay()
+            delay = max(backoff.next_delay(), getattr(exc, "retry_after", 0.0))
             if deadline is not None and clock() + delay >= deadline:
                 raise
             if not budget.try_spend():
