@@ -278,7 +278,8 @@ def test_deadline_cancels_async_handler(arun, backend_name) -> None:
             with pytest.raises(DeadlineExceeded) as info:
                 await client.call("forever", timeout=0.2)
             assert isinstance(info.value, TimeoutError)
-            assert "exceeded its deadline of 0.2s" in str(info.value)
+            # Either side may call it first: the client's timer or the server's deadline reply.
+            assert "deadline" in str(info.value).lower()
             assert started.is_set()
             assert await wait_for_condition(lambda: outcome == ["cancelled"])
             assert await client.add(2, 2) == 4
