@@ -242,6 +242,29 @@ cdef str _header_error(const unsigned char* h, Py_ssize_t size, uint64_t at, uin
     return None
 
 
+cdef str _scan_headers(const unsigned char* p, Py_ssize_t n, uint64_t at, uint32_t limit,
+                       Py_ssize_t* partial):
+    """Check every frame header in p[0:n] (a chunk starting at a frame boundary).
+
+    Returns the FrameParser's message for the first bad one (or None) and sets *partial to
+    the bytes of the incomplete frame at the end.  Each header is checked as soon as its
+    bytes are there, like the parser, which refuses the whole feed when one is bad.
+    """
+    cdef Py_ssize_t pos = 0
+    cdef uint32_t length
+    while n - pos >= _HDR:
+        if _bad_header(p + pos, limit):
+            return _header_error(p + pos, _HDR, at + <uint64_t>pos, limit)
+        length = _load_u32(p + pos)
+        if n - pos - _HDR < <Py_ssize_t>length:
+            break
+        pos += _HDR + length
+    partial[0] = n - pos
+    if 0 < n - pos < _HDR:
+        return _header_error(p + pos, n - pos, at + <uint64_t>pos, limit)
+    return None
+
+
 cdef OSError _os_error(int err):
     return OSError(err, strerror(err).decode("utf-8", "replace"))
 
@@ -898,7 +921,7 @@ cdef class EventLoop:
         rest of the chunk can take the fast path.
         """
         cdef object proto = conn.proto
-        cdef Py_ssize_t cut = e - s, take
+        cdef Py_ssize_t cut = e - s, take, partial = 0
         cdef uint32_t length
         cdef uint64_t boundary
         cdef int result
@@ -912,6 +935,11 @@ cdef class EventLoop:
                     boundary = HS_PREFIX + length
                     if boundary - conn.stream_off < <uint64_t>cut:
                         cut = <Py_ssize_t>(boundary - conn.stream_off)
+                        # A bad header further on fails the whole feed in the pure loop,
+                        # handshake included: then feed it whole so the protocol says so.
+                        if _scan_headers(<const unsigned char*>base + s + cut, e - s - cut,
+                                         boundary, self._max_frame, &partial) is not None:
+                            cut = e - s
         data = PyBytes_FromStringAndSize(base + s, cut)
         conn.stream_off += <uint64_t>cut
         # Keep the rest in the connection's buffer before any handler runs.
@@ -948,26 +976,15 @@ cdef class EventLoop:
                              bint scratch, double now) except -1:
         """The fast path's reader: check every header, then handle every whole frame."""
         cdef const unsigned char* h
-        cdef Py_ssize_t pos = s, partial, nxt
-        cdef uint32_t length, kind, rid, limit = self._max_frame
+        cdef Py_ssize_t pos = s, partial = 0, nxt
+        cdef uint32_t length, kind, rid
         cdef str message
         # Pass 1: every header in the chunk, before any frame is handled (the FrameParser
         # raises for the whole feed, dropping the frames it completed in it).
-        while e - pos >= _HDR:
-            h = <const unsigned char*>base + pos
-            if _bad_header(h, limit):
-                message = _header_error(h, _HDR, conn.stream_off + <uint64_t>(pos - s), limit)
-                return self._frame_error(conn, message, now)
-            length = _load_u32(h)
-            if e - pos - _HDR < <Py_ssize_t>length:
-                break
-            pos += _HDR + length
-        partial = e - pos
-        if 0 < partial < _HDR:
-            message = _header_error(<const unsigned char*>base + pos, partial,
-                                    conn.stream_off + <uint64_t>(pos - s), limit)
-            if message is not None:
-                return self._frame_error(conn, message, now)
+        message = _scan_headers(<const unsigned char*>base + s, e - s, conn.stream_off,
+                                self._max_frame, &partial)
+        if message is not None:
+            return self._frame_error(conn, message, now)
         if partial:
             if conn.partial_since == NO_TIME:
                 conn.partial_since = now

@@ -370,6 +370,31 @@ def test_protocol_violations_identical(backend_name, compiled_loop, bad) -> None
     assert replies(frames)[1] == (RESP, 3)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(header(1, 0x7F) + b"\xc0", id="unknown-kind"),
+        pytest.param(header(1, REQ, flags=2)[:6], id="partial-flags"),
+        pytest.param(b"", id="none"),
+    ],
+)
+def test_handshake_calls_and_bad_header_in_one_write_identical(
+    backend_name, compiled_loop, bad
+) -> None:
+    """The handshake is no exception: a bad header in the same chunk fails all of it (the
+    peer never even gets our preface); without one, the calls after it are answered."""
+
+    def steps(w: Wire) -> list[tuple]:
+        calls = w.call(1, "add", 1, 2) + w.call(2, "add", 3, 4)
+        return [("send", w.hello() + calls + bad), ("eof" if bad else "sync",)]
+
+    frames = compare(backend_name, steps)
+    if bad:
+        assert frames == []
+    else:
+        assert replies(frames) == {1: (RESP, 3), 2: (RESP, 7)}
+
+
 def test_settings_must_come_first_identical(backend_name, compiled_loop) -> None:
     def steps(w: Wire) -> list[tuple]:
         return [("send", C.PREFACE + w.call(1, "add", 1, 2)), ("eof",)]
