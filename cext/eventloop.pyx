@@ -143,10 +143,6 @@ cdef enum:
 if _const.HEADER_SIZE != _HDR:
     raise ImportError("rapidrpc.transport._eventloop_c implements a 12-byte header, constants "
                       f"say {_const.HEADER_SIZE}: rebuild the extension")
-
-if _const.PREFACE_SIZE + _HDR != HS_PREFIX:
-    raise ImportError("rapidrpc.transport._eventloop_c expects an 8-byte preface, constants "
-                      f"say {_const.PREFACE_SIZE}: rebuild the extension")
 cdef uint32_t K_REQUEST = _const.KIND_REQUEST
 cdef uint32_t K_RESPONSE = _const.KIND_RESPONSE
 cdef uint32_t K_NOTIFICATION = _const.KIND_NOTIFICATION
@@ -157,7 +153,6 @@ cdef Py_ssize_t C_ZERO_COPY = _const.ZERO_COPY_MIN_BODY
 cdef object _OK = StatusCode.OK
 cdef object _INTERNAL = StatusCode.INTERNAL
 cdef object _CANCELLED = StatusCode.CANCELLED
-cdef object _RESOURCE_EXHAUSTED = StatusCode.RESOURCE_EXHAUSTED
 
 cdef enum:
     RECV_SIZE = 256 * 1024       # one recv per ready connection per turn, like the pure loop
@@ -169,6 +164,9 @@ cdef enum:
     MIN_ROOM = 64 * 1024         # grow the read buffer when less room than this is left
     BIN32 = 0xC6                 # MessagePack bin 32 (the smallest encoding above 0xFFFF bytes)
     HS_PREFIX = 20               # preface (8) + the first frame header (12)
+if _const.PREFACE_SIZE + _HDR != HS_PREFIX:
+    raise ImportError("rapidrpc.transport._eventloop_c expects an 8-byte preface, constants "
+                      f"say {_const.PREFACE_SIZE}: rebuild the extension")
 
 # Results of handling a run of events.
 cdef enum:
