@@ -233,6 +233,9 @@ def test_expired_work_is_skipped(make_server, make_client) -> None:
     held = client.call_async("hold")
     with pytest.raises(DeadlineExceeded):
         client.call("work", "late", timeout=0.2)
+    # The server's deadline counts from when *it* received the call, a moment after the
+    # client sent it: let that moment pass too before the pool frees up.
+    time.sleep(0.3)
     gate.set()
     assert held.result(5) == "held"
     assert client.work("now") == "now"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import select
 import signal
 import socket
 import struct
@@ -603,6 +604,8 @@ def test_ctrl_c_interrupts_serve_forever(backend_name) -> None:
         [sys.executable, "-c", _SIGINT_SERVER, backend_name], stdout=subprocess.PIPE, text=True
     )
     try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)  # bounded: never hang here
+        assert ready, "the server child printed no port within 30 s"
         port = int(proc.stdout.readline())
         with rapidrpc.Client(("127.0.0.1", port), backend=backend_name) as client:
             assert client.call("rpc.methods")
