@@ -36,8 +36,8 @@ from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .client import parse_address, wire_modules
-from .core.dispatch import Dispatcher
+from .client import _MethodProxy, parse_address, wire_modules
+from .core.dispatch import Dispatcher, Registrar
 from .core.protocol import NotProcessed
 from .errors import ConnectionLost, DeadlineExceeded, Unavailable
 from .transport.aio import ConnectionGroup, NotSent, RPCClientProtocol, ServerConfig
@@ -49,7 +49,7 @@ __all__ = ["Client", "Server"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Server:
+class Server(Registrar):
     """An asyncio RPC server listening on *host*:*port* (port 0 picks a free port; see
     :attr:`address`).  The socket is bound when the constructor returns; :meth:`start`
     serves it on the running loop.
@@ -118,29 +118,6 @@ class Server:
         """Counters: accepted, rejected, protocol_errors."""
         return dict(self._group.stats)
 
-    # --- registration (delegates to the dispatcher) ----------------------------------------
-
-    def register(self, func: F, name: str | None = None, blocking: bool | None = None) -> F:
-        """Register *func* (plain or ``async def``) as *name*; see :class:`Dispatcher`."""
-        return self.dispatcher.register(func, name, blocking)
-
-    def register_instance(self, obj: object, prefix: str | None = None) -> None:
-        """Register the public methods of *obj*, as ``prefix.method`` when *prefix* is given."""
-        self.dispatcher.register_instance(obj, prefix)
-
-    def export(
-        self,
-        func: Callable[..., Any] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        blocking: bool = False,
-    ) -> Any:
-        """Decorator: ``@server.export`` or ``@server.export(name="calc.add", blocking=True)``."""
-        if func is not None:
-            return self.dispatcher.export(func)
-        return self.dispatcher.export(name=name, blocking=blocking)
-
     # --- running ----------------------------------------------------------------------------
 
     async def start(self) -> Server:
@@ -203,31 +180,6 @@ class Server:
     def __repr__(self) -> str:
         host, port = self.address[:2]
         return f"<rapidrpc.aio.Server {host}:{port} backend={self.backend}>"
-
-
-class _MethodProxy:
-    """``client.name(...)`` awaits the remote method ``name``; ``client.a.b(...)`` ``a.b``.
-
-    Keyword arguments all go to the remote method; use :meth:`Client.call` for a per-call
-    ``timeout``.
-    """
-
-    def __init__(self, client: Client, name: str) -> None:
-        self._client = client
-        self._name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._client._invoke(self._name, args, kwargs, None)
-
-    def __getattr__(self, attr: str) -> _MethodProxy:
-        if attr.startswith("_"):
-            raise AttributeError(attr)
-        proxy = _MethodProxy(self._client, f"{self._name}.{attr}")
-        self.__dict__[attr] = proxy  # cached: the next access is a plain attribute lookup
-        return proxy
-
-    def __repr__(self) -> str:
-        return f"<remote method {self._name!r} of {self._client!r}>"
 
 
 class Client:

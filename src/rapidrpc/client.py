@@ -78,6 +78,9 @@ def wire_modules(backend: str | None) -> tuple[ModuleType, ModuleType]:
 class _MethodProxy:
     """``client.name(...)`` calls the remote method ``name``; ``client.a.b(...)`` calls ``a.b``.
 
+    Shared by :class:`Client` and :class:`rapidrpc.aio.Client` (whose ``_invoke`` returns an
+    awaitable, so there ``await client.name(...)``).
+
     Keyword arguments all go to the remote method; use :meth:`Client.call` for a per-call
     ``timeout``.
     """

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .client import wire_modules
-from .core.dispatch import Dispatcher
+from .core.dispatch import Dispatcher, Registrar
 from .transport import eventloop, loops
 from .wire import constants as C
 
@@ -44,7 +44,7 @@ def _loop_class(backend: str) -> type[eventloop.EventLoop]:
     return loops.loop_class(backend)  # type: ignore[no-any-return]
 
 
-class Server:
+class Server(Registrar):
     """An RPC server listening on *host*:*port* (port 0 picks a free port; see
     :attr:`address`).  The socket is bound and listening when the constructor returns.
 
@@ -128,29 +128,6 @@ class Server:
         """Counters of the running loop: accepted, rejected, protocol_errors, accept_paused."""
         loop = self._loop
         return dict(loop.stats) if isinstance(loop, loops.LOOP_TYPES) else {}
-
-    # --- registration (delegates to the dispatcher) ----------------------------------------
-
-    def register(self, func: F, name: str | None = None, blocking: bool | None = None) -> F:
-        """Register *func* as *name* (default ``func.__name__``); see :class:`Dispatcher`."""
-        return self.dispatcher.register(func, name, blocking)
-
-    def register_instance(self, obj: object, prefix: str | None = None) -> None:
-        """Register the public methods of *obj*, as ``prefix.method`` when *prefix* is given."""
-        self.dispatcher.register_instance(obj, prefix)
-
-    def export(
-        self,
-        func: Callable[..., Any] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        blocking: bool = False,
-    ) -> Any:
-        """Decorator: ``@server.export`` or ``@server.export(name="calc.add", blocking=True)``."""
-        if func is not None:
-            return self.dispatcher.export(func)
-        return self.dispatcher.export(name=name, blocking=blocking)
 
     # --- running ----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, TypeVar, overload
 
 from ..errors import InvalidParams, MethodNotFound, RemoteError, StatusCode
 
-__all__ = ["BUILTIN_PREFIX", "Dispatcher", "Method", "error_info", "export"]
+__all__ = ["BUILTIN_PREFIX", "Dispatcher", "Method", "Registrar", "error_info", "export"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -292,3 +292,37 @@ class Dispatcher:
     def _rpc_methods(self) -> list[dict[str, str]]:
         """List every method with its signature and docstring."""
         return self.methods()
+
+
+class Registrar:
+    """Registration methods for a face that owns a :class:`Dispatcher` as ``self.dispatcher``.
+
+    Shared by :class:`rapidrpc.Server` and :class:`rapidrpc.aio.Server`, so both offer the same
+    ``register`` / ``register_instance`` / ``export`` surface.
+    """
+
+    dispatcher: Dispatcher
+
+    def register(self, func: F, name: str | None = None, blocking: bool | None = None) -> F:
+        """Register *func* as *name* (default ``func.__name__``); see :class:`Dispatcher`.
+
+        ``async def`` functions are accepted by :class:`rapidrpc.aio.Server` only.
+        """
+        return self.dispatcher.register(func, name, blocking)
+
+    def register_instance(self, obj: object, prefix: str | None = None) -> None:
+        """Register the public methods of *obj*, as ``prefix.method`` when *prefix* is given."""
+        self.dispatcher.register_instance(obj, prefix)
+
+    def export(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        blocking: bool = False,
+    ) -> Any:
+        """Decorator: ``@server.export`` or ``@server.export(name="calc.add", blocking=True)``."""
+        if func is not None:
+            return self.dispatcher.export(func)
+        return self.dispatcher.export(name=name, blocking=blocking)
