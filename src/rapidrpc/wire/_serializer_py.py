@@ -462,34 +462,6 @@ def _decode(data: bytes, pos: int, end: int, opts: _Options, base: int) -> tuple
             except UnicodeDecodeError as exc:
                 raise err_utf8(exc, base + pos) from None
             pos += n
-        elif b < 0xA0:
-            # fixmap 0x80-0x8f, fixarray 0x90-0x9f
-            n = b & 0x0F
-            if len(stack) >= max_depth:
-                raise err_depth(max_depth, base + start)
-            if b >= 0x90:
-                if n > max_array:
-                    raise err_limit(LIMIT_ARRAY, n, max_array, base + start)
-                if n > end - pos:
-                    raise _truncated(data, start, end, base)
-                tup = bool(stack) and (
-                    stack[-1][0] == _TUPLE or (stack[-1][0] == _MAP and stack[-1][3] is _NOKEY)
-                )
-                if n == 0:
-                    obj = () if tup else []
-                else:
-                    stack.append([_TUPLE if tup else _LIST, [], n, start])
-                    continue
-            else:
-                if n > max_map:
-                    raise err_limit(LIMIT_MAP, n, max_map, base + start)
-                if 2 * n > end - pos:
-                    raise _truncated(data, start, end, base)
-                if n == 0:
-                    obj = {}
-                else:
-                    stack.append([_MAP, {}, n, _NOKEY, 0, start, 0])
-                    continue
         elif b == 0xC0:
             obj = None
         elif b == 0xC2:
@@ -538,7 +510,8 @@ def _decode(data: bytes, pos: int, end: int, opts: _Options, base: int) -> tuple
                     obj = _ext_value(code, payload, hook, base + start)
                 pos += n
             else:
-                n = lenfmt(data, pos)[0]
+                # containers: fixarray/fixmap carry n in the header byte, the others after it
+                n = fixed if lenfmt is None else lenfmt(data, pos)[0]
                 if len(stack) >= max_depth:
                     raise err_depth(max_depth, base + start)
                 pos = start + h
