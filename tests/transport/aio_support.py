@@ -9,7 +9,6 @@ included).  The leak guard of conftest.py then checks threads and fds.
 from __future__ import annotations
 
 import asyncio
-import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -181,11 +180,6 @@ def aio_server(loop_name: str, backend_name: str) -> Iterator[Callable[..., Thre
 
 
 # --- raw frames -------------------------------------------------------------------------------
-
-
-def header(length: int, kind: int, flags: int = 0, reserved: int = 0, rid: int = 1) -> bytes:
-    """A frame header built by hand (to send invalid ones)."""
-    return struct.pack(">IBBHI", length, kind, flags, reserved, rid)
 
 
 def request_frame(backend_name: str, rid: int, method: str, *args: Any, meta: Any = None) -> bytes:

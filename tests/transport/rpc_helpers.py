@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from rapidrpc.core.protocol import ClientConnection, ServerConnection
+from rapidrpc.wire import constants as C
 
 
 def fd_count() -> int:
@@ -152,3 +156,32 @@ class ScriptedServer:
                     pass
         self._thread.join(10)
         self.listener.close()
+
+
+def header(length: int, kind: int, flags: int = 0, reserved: int = 0, rid: int = 1) -> bytes:
+    """A frame header built by hand (to send invalid ones)."""
+    return struct.pack(">IBBHI", length, kind, flags, reserved, rid)
+
+
+# Hostile inputs shared by every server's tests (blocking loops and aio), so the lists
+# cannot drift apart.  HOSTILE 6: not our protocol at all.
+NON_NATIVE_INPUTS = [
+    pytest.param(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", id="http"),
+    pytest.param(bytes.fromhex("160301020001000200fc0303") + b"\x00" * 500, id="tls"),
+    pytest.param(os.urandom(4096), id="random"),
+    pytest.param(b"\x00" * 100_000, id="zeros"),
+]
+
+# HOSTILE 1, 2 and 23: a bad frame after the handshake -> goaway (INTERNAL), then close.
+_REQ, _RESP = C.KIND_REQUEST, C.KIND_RESPONSE
+BAD_FRAMES = [
+    pytest.param(header(0xFFFFFFFF, _REQ), id="length-4GiB"),
+    pytest.param(header(C.DEFAULT_MAX_FRAME_SIZE + 1, _REQ), id="length-over-limit"),
+    pytest.param(header(0, _REQ), id="length-zero"),
+    pytest.param(header(1, 0) + b"\xc0", id="kind-0"),
+    pytest.param(header(1, 0x7F) + b"\xc0", id="kind-unknown"),
+    pytest.param(header(1, _REQ, reserved=0x100) + b"\xc0", id="reserved"),
+    pytest.param(header(1, _REQ, flags=0x40) + b"\xc0", id="flags"),
+    pytest.param(header(1, _REQ) + b"\xc1", id="undecodable-body"),
+    pytest.param(header(1, _RESP) + b"\xc0", id="client-sends-response"),
+]

@@ -8,15 +8,14 @@ well-behaved client is unaffected; the leak guard checks threads and fds.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import threading
 import time
 
 import aio_support
 import pytest
-from aio_support import cancel_frame, header, replies, request_frame
-from rpc_helpers import wait_until, wire_of
+from aio_support import cancel_frame, replies, request_frame
+from rpc_helpers import BAD_FRAMES, NON_NATIVE_INPUTS, header, wait_until, wire_of
 
 from rapidrpc import StatusCode
 from rapidrpc.core.protocol import ClientConnection
@@ -50,15 +49,7 @@ def assert_still_serving(server, make_client) -> None:
 # --- HOSTILE 6: garbage, HTTP, TLS on the native port --------------------------------------
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        pytest.param(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", id="http"),
-        pytest.param(bytes.fromhex("160301020001000200fc0303") + b"\x00" * 500, id="tls"),
-        pytest.param(os.urandom(4096), id="random"),
-        pytest.param(b"\x00" * 100_000, id="zeros"),
-    ],
-)
+@pytest.mark.parametrize("data", NON_NATIVE_INPUTS)
 def test_non_native_bytes_are_refused_at_once(echo_server, make_client, data) -> None:
     sock = socket.create_connection(echo_server.address, timeout=5)
     with sock:
@@ -79,19 +70,7 @@ def test_non_native_bytes_are_refused_at_once(echo_server, make_client, data) ->
 # --- HOSTILE 1 and 2: bad headers after the handshake ------------------------------------
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        pytest.param(header(0xFFFFFFFF, REQ), id="length-4GiB"),
-        pytest.param(header(C.DEFAULT_MAX_FRAME_SIZE + 1, REQ), id="length-over-limit"),
-        pytest.param(header(0, REQ), id="length-zero"),
-        pytest.param(header(1, 0x7F) + b"\xc0", id="kind-unknown"),
-        pytest.param(header(1, REQ, reserved=0x100) + b"\xc0", id="reserved"),
-        pytest.param(header(1, REQ, flags=0x40) + b"\xc0", id="flags"),
-        pytest.param(header(1, REQ) + b"\xc1", id="undecodable-body"),
-        pytest.param(header(1, RESP) + b"\xc0", id="client-sends-response"),
-    ],
-)
+@pytest.mark.parametrize("data", BAD_FRAMES)
 def test_bad_frame_gets_goaway_then_close(echo_server, raw_peer, make_client, data) -> None:
     peer = raw_peer(echo_server.address)
     peer.sock.sendall(data)  # (the header alone: no body byte is awaited for a bad length)

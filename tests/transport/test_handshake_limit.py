@@ -13,7 +13,7 @@ import socket
 
 import aio_support
 import pytest
-from rpc_helpers import wait_until, wire_of
+from rpc_helpers import header, wait_until, wire_of
 
 from rapidrpc.core.protocol import ClientConnection, ServerConnection
 from rapidrpc.errors import FrameError, ProtocolError
@@ -39,7 +39,7 @@ def settings_frame(backend_name: str, body_size: int) -> bytes:
 
 
 def big_first_header() -> bytes:
-    return C.PREFACE + aio_support.header(LIMIT + 1, C.KIND_SETTINGS, rid=0)
+    return C.PREFACE + header(LIMIT + 1, C.KIND_SETTINGS, rid=0)
 
 
 @pytest.fixture(params=["epoll", "selectors"])

@@ -6,10 +6,8 @@ unaffected, and (through the autouse leak guard) that threads and fds come back.
 
 from __future__ import annotations
 
-import os
 import resource
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
@@ -18,17 +16,13 @@ import time
 
 import psutil
 import pytest
-from rpc_helpers import RawPeer, wait_until, wire_of
+from rpc_helpers import BAD_FRAMES, NON_NATIVE_INPUTS, RawPeer, header, wait_until, wire_of
 
 import rapidrpc
 from rapidrpc import StatusCode
 from rapidrpc.wire import constants as C
 
 REQ, RESP, ERR = C.KIND_REQUEST, C.KIND_RESPONSE, C.KIND_ERROR
-
-
-def header(length: int, kind: int, flags: int = 0, reserved: int = 0, rid: int = 1) -> bytes:
-    return struct.pack(">IBBHI", length, kind, flags, reserved, rid)
 
 
 def request_frame(backend_name: str, rid: int, method: str, *args: object) -> bytes:
@@ -71,15 +65,7 @@ def assert_still_serving(server, make_client) -> None:
 # --- HOSTILE 6: garbage, HTTP, TLS on the native port --------------------------------------
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        pytest.param(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", id="http"),
-        pytest.param(bytes.fromhex("160301020001000200fc0303") + b"\x00" * 500, id="tls"),
-        pytest.param(os.urandom(4096), id="random"),
-        pytest.param(b"\x00" * 100_000, id="zeros"),
-    ],
-)
+@pytest.mark.parametrize("data", NON_NATIVE_INPUTS)
 def test_non_native_bytes_are_refused_at_once(echo_server, make_client, data) -> None:
     sock = socket.create_connection(echo_server.address, timeout=5)
     with sock:
@@ -100,18 +86,7 @@ def test_non_native_bytes_are_refused_at_once(echo_server, make_client, data) ->
 # --- HOSTILE 1 and 2: bad headers after the handshake ------------------------------------
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        pytest.param(header(0xFFFFFFFF, REQ), id="length-4GiB"),
-        pytest.param(header(C.DEFAULT_MAX_FRAME_SIZE + 1, REQ), id="length-over-limit"),
-        pytest.param(header(0, REQ), id="length-zero"),
-        pytest.param(header(1, 0) + b"\xc0", id="kind-0"),
-        pytest.param(header(1, 0x7F) + b"\xc0", id="kind-unknown"),
-        pytest.param(header(1, REQ, reserved=0x100) + b"\xc0", id="reserved"),
-        pytest.param(header(1, REQ, flags=0x40) + b"\xc0", id="flags"),
-    ],
-)
+@pytest.mark.parametrize("data", BAD_FRAMES)
 def test_bad_header_gets_goaway_then_close(echo_server, raw_peer, make_client, data) -> None:
     peer = raw_peer(echo_server.address)
     peer.sock.sendall(data)
