@@ -19,7 +19,13 @@ compiled twin does differently, for speed only:
 * :class:`CallFuture` creates its Condition only when a thread actually waits on it (or
   uses ``concurrent.futures.wait``): completing a future nobody waits on, adding a
   callback and reading a result take no lock.  This relies on the GIL: those steps run as
-  C code that never lets another thread in between its check and its update.
+  C code that never lets another thread in between its check and its update.  They work
+  on the instance ``__dict__``, which ``__init__`` creates while no other thread can see
+  the future: CPython (3.11+) keeps instance attributes in a compact "values" array and
+  builds the dict from it on first ``__dict__`` access; if two threads did that at once
+  (the dict's allocation can run the GC, and the GC can run Python code that lets the
+  other thread in), both dicts would share one values array, and whichever dict died
+  first would free it under the other -- a use-after-free found as a crash in the GC.
 """
 
 from cpython.bytes cimport (
@@ -179,19 +185,22 @@ class CallFuture(Future):
     """
 
     def __init__(self, conn):
+        # The instance dict, created by this first access while no other thread can see
+        # the future (see the module docstring: it must never be created concurrently).
+        cdef dict d = self.__dict__
         if not _LAZY_CONDITION:
             Future.__init__(self)
-            self._conn = conn
-            self._rid = 0
+            d["_conn"] = conn
+            d["_rid"] = 0
             return
         # Future.__init__'s attributes, but for _condition (see __getattr__).
-        self._state = _PENDING
-        self._result = None
-        self._exception = None
-        self._waiters = []
-        self._done_callbacks = []
-        self._conn = conn
-        self._rid = 0
+        d["_state"] = _PENDING
+        d["_result"] = None
+        d["_exception"] = None
+        d["_waiters"] = []
+        d["_done_callbacks"] = []
+        d["_conn"] = conn
+        d["_rid"] = 0
 
     def __getattr__(self, name):
         if name == "_condition":

@@ -9,8 +9,11 @@ keepalive across long calls, async deadline bookkeeping, and the Future semantic
 
 from __future__ import annotations
 
+import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, as_completed, wait
@@ -382,6 +385,69 @@ def test_cancelled_future(scripted_server, make_client) -> None:
     assert first.result(5) == [1]
     assert not first.cancel()  # already done
     assert wait_until(lambda: (C.KIND_CANCEL, 2) in server.events)
+
+
+# The interleaving behind a crash once seen in the GC, long after the test that caused it:
+# a thread's first use of a future's __dict__ runs the GC (the dict is allocated), a GC
+# callback lets a second thread in, and that thread uses the same future's __dict__.
+# Should both threads create the dict (CPython builds it lazily from the instance's values
+# array), the two dicts share that array and the first to die frees it under the other.
+# Run in a child with the debug allocator, where freed memory is poisoned: the crash then
+# comes at once instead of tests later.
+_DICT_RACE = """
+import gc, sys, threading
+from rapidrpc.transport import blocking
+
+CallFuture = blocking.CORES[sys.argv[1]].CallFuture
+future = CallFuture(None)
+go, done = threading.Event(), threading.Event()
+seen = []
+
+def second_thread():
+    go.wait()
+    seen.append(id(future.__dict__))
+    future._condition  # (the compiled core creates it on first use)
+    done.set()
+
+def let_the_other_thread_in(phase, info):
+    if phase == "start" and not go.is_set() and threading.current_thread() is main:
+        go.set()
+        done.wait(5)
+
+main = threading.current_thread()
+thread = threading.Thread(target=second_thread)
+thread.start()
+add_done_callback = CallFuture.add_done_callback  # (no bound method: no GC allocation)
+callback = lambda f: None
+hold = [{} for _ in range(200)]  # empty the dict free list: a new dict is a GC allocation
+gc.callbacks.append(let_the_other_thread_in)
+gc.set_threshold(1)
+try:
+    add_done_callback(future, callback)  # first use of __dict__ in this thread
+finally:
+    gc.set_threshold(700, 10, 10)
+    gc.callbacks.remove(let_the_other_thread_in)
+    go.set()
+    thread.join(10)
+seen.append(id(future.__dict__))
+assert seen[0] == seen[-1], "two threads saw two different instance dicts"
+assert future._done_callbacks == [callback] and not future.done()
+del future
+gc.collect()  # traverses every dict: a freed values array crashes here
+print("ok")
+"""
+
+
+def test_future_dict_survives_threads_racing_to_first_use(backend_name) -> None:
+    env = dict(os.environ, PYTHONMALLOC="debug")
+    child = subprocess.run(
+        [sys.executable, "-c", _DICT_RACE, backend_name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0 and child.stdout.strip() == "ok", child.stderr[-2000:]
 
 
 # --- protocol errors in the middle of a batch -----------------------------------------------------
