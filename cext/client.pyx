@@ -411,6 +411,24 @@ cdef class ConnectionCore:
             self._ensure_reader()
         return future
 
+    def submit(self, method, args, kwargs, timeout):
+        """Queue a call whose reply ``collect`` waits for; return its request id.
+
+        Nothing is sent: the caller sends a batch with ``_send_queued``.
+        """
+        self._state_acquire()
+        try:
+            if self.error is not None:
+                raise NotSent(str(self.error))
+            return self._queue_request(method, args, kwargs, _SYNC, timeout, 0.0)
+        finally:
+            self._state_release()
+
+    def collect(self, rid, deadline, method, timeout):
+        """Wait for the reply of a ``submit``ted call (*deadline*: monotonic time or None)."""
+        return self._wait(rid, INFINITY if deadline is None else <double>deadline, method,
+                          timeout)
+
     def notify(self, method, args, kwargs):
         """Send a notification (no reply, no waiting)."""
         self._state_acquire()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from time import perf_counter_ns
 from typing import Any, Protocol, TypeVar
 
@@ -84,6 +84,38 @@ def timed_window(submit: Callable[[], FutureLike], k: int, n: int) -> Batch:
     if errors:
         raise errors[0]
     return Batch(n, (perf_counter_ns() - start) / 1e9, lat)
+
+
+def timed_map(run_map: Callable[[Iterable[int]], Iterable[object]], n: int) -> tuple[Batch, object]:
+    """*n* calls through a client's ordered map (``run_map(first_args) -> results``).
+
+    The map pulls an argument when it sends that call, so the argument iterator stamps the
+    send time; each call's latency runs from there to its result.  Returns the batch and
+    the last result (for checking).
+    """
+    sent: list[int] = []
+    stamp = sent.append
+
+    def first_args() -> Iterator[int]:
+        for _ in range(n):
+            stamp(perf_counter_ns())
+            yield 1
+
+    lat = [0] * n
+    limit = perf_counter_ns() + int(BATCH_TIMEOUT_S * 1e9)
+    last: object = None
+    i = 0
+    start = perf_counter_ns()
+    for item in run_map(first_args()):
+        t1 = perf_counter_ns()
+        last = item
+        lat[i] = t1 - sent[i]
+        i += 1
+        if t1 > limit:
+            raise BenchTimeout(f"{n} calls took more than {BATCH_TIMEOUT_S} s")
+    if i != n:
+        raise BenchTimeout(f"the map ended after {i} of {n} results")
+    return Batch(n, (perf_counter_ns() - start) / 1e9, lat), last
 
 
 async def timed_calls_async(fn: Callable[[], Awaitable[T]], n: int) -> tuple[Batch, T]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from types import ModuleType, TracebackType
 from typing import Any
@@ -255,6 +255,36 @@ class Client:
             return conn.call_async(name, args, kwargs or None, timeout)
         except NotSent:
             return self._connection().call_async(name, args, kwargs or None, timeout)
+
+    def map(
+        self,
+        name: str,
+        *iterables: Iterable[Any],
+        window: int = 64,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Call *name* once per item, like :meth:`concurrent.futures.Executor.map`.
+
+        ``client.map("add", [1, 2], [10, 20])`` yields ``add(1, 10)`` then ``add(2, 20)``:
+        results come in input order, with up to *window* calls in flight on the one
+        connection.  Requests are sent in batches as results are consumed, and replies
+        are collected without a Future per call, so this is the fastest way to make many
+        calls from one thread.  A failed call raises its error when its result is
+        reached; stopping early (or an error) cancels the calls still in flight.
+
+        *timeout* bounds the whole map, from this call on (as in ``Executor.map``); each
+        call also keeps the client's per-call timeout.  Calls are not retried.
+        """
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        calls = zip(*iterables, strict=False)  # (shortest wins, as in Executor.map)
+        conn = self._conn
+        if conn is None or not conn.fresh():
+            conn = self._reconnect()
+        if conn.error is not None:
+            conn = self._connection()
+        return conn.map_calls(name, calls, window, deadline, self.timeout)
 
     def notify(self, name: str, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the server runs *name* and sends no reply."""

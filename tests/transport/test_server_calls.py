@@ -155,6 +155,91 @@ def test_ten_thousand_pipelined_calls(make_server, make_client) -> None:
     assert [f.result(30) for f in futures] == [i + 1 for i in range(10**4)]
 
 
+def test_map_yields_results_in_input_order(make_server, make_client) -> None:
+    server = make_server()
+    server.register(lambda a, b: a + b, name="add")
+    server.register(lambda: "none", name="nothing")
+    client = make_client(server)
+    n = 10**4
+    assert list(client.map("add", range(n), range(n))) == [2 * i for i in range(n)]
+    assert list(client.map("add", [1, 2, 3], [10, 20])) == [11, 22]  # the shortest wins
+    assert list(client.map("add", [], [])) == []
+    assert list(client.map("add", [(1,)], [(2,)], window=1)) == [[1, 2]]  # (tuples: arrays)
+    with pytest.raises(ValueError, match="window"):
+        client.map("add", [1], [2], window=0)
+    assert client.add(1, 2) == 3  # the connection is clean for other calls
+
+
+def test_map_keeps_at_most_window_calls_in_flight(make_server, make_client) -> None:
+    server = make_server(threads=8)
+    running = [0, 0]  # now, most at once
+    lock = threading.Lock()
+
+    def slow(x):
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return x
+
+    server.register(slow, name="slow", blocking=True)
+    client = make_client(server)
+    assert list(client.map("slow", range(24), window=4)) == list(range(24))
+    assert 1 < running[1] <= 4
+
+
+def _settled(client) -> bool:
+    conn = client._conn
+    return conn.proto.pending == 0 and not conn._results
+
+
+def test_map_raises_at_the_failed_call_and_cancels_the_rest(make_server, make_client) -> None:
+    server = make_server()
+
+    def check(x):
+        if x == 5:
+            raise KeyError("five")
+        return x
+
+    server.register(check, name="check")
+    client = make_client(server)
+    results = client.map("check", range(100), window=16)
+    assert [next(results) for _ in range(5)] == list(range(5))
+    with pytest.raises(RemoteError, match="five") as info:
+        next(results)
+    assert info.value.remote_type == "KeyError"
+    with pytest.raises(StopIteration):
+        next(results)
+    assert wait_until(lambda: _settled(client))
+    assert client.call("check", 7) == 7
+
+
+def test_map_stopped_early_cancels_the_calls_in_flight(make_server, make_client) -> None:
+    server = make_server(threads=4)
+    seen: list[int] = []
+    server.register(lambda x: (seen.append(x), time.sleep(0.01), x)[2], name="work", blocking=True)
+    client = make_client(server)
+    results = client.map("work", range(1000), window=32)
+    assert next(results) == 0 and next(results) == 1
+    results.close()
+    assert wait_until(lambda: _settled(client))
+    assert client.call("work", 9) == 9
+    assert len(seen) <= 64 + 1  # at most two windows were ever sent, not the 1000
+
+
+def test_map_timeout_bounds_the_whole_map(make_server, make_client) -> None:
+    server = make_server(threads=4)
+    server.register(lambda x: (time.sleep(0.05), x)[1], name="work", blocking=True)
+    client = make_client(server)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        list(client.map("work", range(1000), window=2, timeout=0.3))
+    assert time.monotonic() - started < 5
+    assert wait_until(lambda: _settled(client))
+
+
 def test_pipelined_blocking_calls_wait_for_inflight_slots(make_server, make_client) -> None:
     """HOSTILE 5: beyond max_inflight, calls wait (client side) instead of being refused."""
     server = make_server(max_inflight=4, threads=4)

@@ -10,12 +10,13 @@ from .asyncio_msgpack import AsyncioMsgpack
 from .base import AsyncSystem, SyncSystem, System, Unsupported, WrongResult
 from .c_reference import CReference
 from .grpc_systems import GrpcAio, GrpcSync
-from .rapidrpc_systems import RapidrpcAio, RapidrpcCython, RapidrpcPython
+from .rapidrpc_systems import RapidrpcAio, RapidrpcCython, RapidrpcCythonFutures, RapidrpcPython
 from .xmlrpc_stdlib import XmlRpcStdlib
 
 ALL: tuple[type[System], ...] = (
     CReference,
     RapidrpcCython,
+    RapidrpcCythonFutures,
     RapidrpcPython,
     RapidrpcAio,
     AsyncioMsgpack,

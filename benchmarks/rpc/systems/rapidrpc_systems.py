@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +27,18 @@ from ..proc import (
     python_server_command,
     wait_for_release,
 )
-from ..timing import CALL_TIMEOUT_S, FutureLike
-from .base import AsyncSystem, SyncSystem, loop_name, new_event_loop
+from ..stats import Batch
+from ..timing import CALL_TIMEOUT_S, FutureLike, timed_map
+from ..workloads import Workload
+from .base import (
+    ADD_RESULT,
+    AsyncSystem,
+    SyncSystem,
+    Unsupported,
+    check_result,
+    loop_name,
+    new_event_loop,
+)
 
 NOT_YET = "rapidrpc.Server not available yet"
 
@@ -126,6 +137,13 @@ class RapidrpcCython(SyncSystem):
     def submit_add(self) -> FutureLike:
         return self.client.call_async("add", 1, 2)
 
+    def run_inflight(self, k: int, n: int) -> Batch:
+        """*k* calls in flight through ``Client.map`` (ordered results, no Future each)."""
+        twos = itertools.repeat(2)
+        batch, last = timed_map(lambda ones: self.client.map("add", ones, twos, window=k), n)
+        check_result(self.key, last, ADD_RESULT)
+        return batch
+
 
 class RapidrpcPython(RapidrpcCython):
     """The same, pure-Python backend (server child forced pure)."""
@@ -133,6 +151,19 @@ class RapidrpcPython(RapidrpcCython):
     key = "rapidrpc-python"
     title = "rapidrpc (pure Python)"
     backend = "python"
+
+
+class RapidrpcCythonFutures(RapidrpcCython):
+    """The Cython backend's ``call_async`` futures, driven like every other Future-based
+    client here (a callback per completion lets the next call go)."""
+
+    key = "rapidrpc-cython-futures"
+    title = "rapidrpc (Cython, call_async)"
+
+    def run(self, workload: Workload, n: int) -> Batch:
+        if workload.inflight <= 1:
+            raise Unsupported("measured only with calls in flight (see rapidrpc (Cython))")
+        return SyncSystem.run_inflight(self, workload.inflight, n)
 
 
 class RapidrpcAio(AsyncSystem):

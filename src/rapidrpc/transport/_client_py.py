@@ -213,6 +213,29 @@ class ConnectionCore:
                 self._lost(ConnectionLost(f"{self._where()}: send failed: {exc}"))
                 return
 
+    def submit(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> int:
+        """Queue a call whose reply :meth:`collect` waits for; return its request id.
+
+        Nothing is sent: the caller sends a batch with ``_send_queued``.
+        """
+        with self._state:
+            if self.error is not None:
+                raise NotSent(str(self.error))
+            proto = self.proto
+            if not proto.pending:
+                self._busy_since = monotonic()
+            return proto.send_request(method, args, kwargs, SYNC, timeout)
+
+    def collect(self, rid: int, deadline: float | None, method: str, timeout: float | None) -> Any:
+        """Wait for the reply of a call queued by :meth:`submit` (*deadline*: monotonic or None)."""
+        return self._wait(rid, deadline, method, timeout)
+
     def _send_queued(self, deadline: float) -> None:
         """Send queued output (pongs, cancels) without waiting for a full socket to drain."""
         self._flush(deadline, wait=False)

@@ -34,7 +34,9 @@ CORE_METHODS = (
     "_send_queued",
     "call",
     "call_async",
+    "collect",
     "notify",
+    "submit",
 )
 
 #: Size of the reusable receive buffer (also the largest single recv).

@@ -24,6 +24,7 @@ class for a backend.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import math
 import os
@@ -32,6 +33,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -283,6 +285,64 @@ class BlockingConnection(_client_py.ConnectionCore):
             if self.error is not None:
                 return
             self.proto.cancel(rid)
+        self._send_queued(time.monotonic() + 1.0)
+
+    def map_calls(
+        self,
+        method: str,
+        calls: Iterator[tuple[Any, ...]],
+        window: int,
+        deadline: float | None,
+        call_timeout: float | None,
+    ) -> Iterator[Any]:
+        """Call *method* with each argument tuple of *calls*; yield the results in order.
+
+        At most *window* calls are in flight.  Requests leave in batches (the window is
+        refilled once half of it has been consumed) and replies are collected without a
+        Future each: this is the throughput path for many calls from one thread.  The
+        first failed call raises its error where its result would be yielded; the calls
+        still in flight are then cancelled, as they are when the caller stops iterating.
+        Each call must finish within *call_timeout* seconds of being sent and before
+        *deadline* (monotonic time; it bounds the whole map); either may be None.
+        """
+        inflight: collections.deque[tuple[int, float | None]] = collections.deque()
+        refill_below = max(1, window // 2)
+        exhausted = False
+        try:
+            while True:
+                if not exhausted and len(inflight) < refill_below:
+                    for args in calls:
+                        now = time.monotonic()
+                        limit = deadline
+                        if call_timeout is not None and (
+                            limit is None or now + call_timeout < limit
+                        ):
+                            limit = now + call_timeout
+                        if limit is not None and limit <= now:
+                            raise DeadlineExceeded(f"map of {method!r} exceeded its deadline")
+                        left = None if limit is None else limit - now
+                        inflight.append((self.submit(method, args, None, left), limit))
+                        if len(inflight) >= window:
+                            break
+                    else:
+                        exhausted = True
+                    self._send_queued(math.inf if deadline is None else deadline)
+                if not inflight:
+                    return
+                rid, limit = inflight.popleft()
+                yield self.collect(rid, limit, method, call_timeout)
+        finally:
+            if inflight:
+                self._abandon(rid for rid, _ in inflight)
+
+    def _abandon(self, rids: Iterable[int]) -> None:
+        """Drop submitted calls nobody will collect: cancel those still pending."""
+        with self._state:
+            if self.error is not None:
+                return
+            for rid in rids:
+                if self._results.pop(rid, None) is None:
+                    self.proto.cancel(rid)
         self._send_queued(time.monotonic() + 1.0)
 
     def _silence(self) -> None:
