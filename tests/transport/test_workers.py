@@ -148,6 +148,19 @@ def running(pid: int) -> bool:
         return False
 
 
+def replaced_set(server: WorkersServer, victim: int, timeout: float) -> set[int] | None:
+    """The workers once *victim* is replaced: two pids, read twice 50 ms apart to the same
+    set (one read can catch a child between fork and exec, or one already dying)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        before = server.workers()
+        time.sleep(0.05)
+        after = server.workers()
+        if before == after and len(after) == 2 and victim not in after:
+            return after
+    return None
+
+
 def pid_via_new_connection(address: tuple[str, int]) -> int:
     """Which worker a fresh connection lands on."""
     with rapidrpc.Client(address, timeout=10) as client:
@@ -184,8 +197,8 @@ def test_workers_share_the_port_restart_and_stop(spawn) -> None:
 
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
-    assert wait_until(lambda: len(server.workers()) == 2 and victim not in server.workers(), 10)
-    current = server.workers()
+    current = replaced_set(server, victim, 10)
+    assert current is not None, "no stable set of 2 workers without the victim"
     (replacement,) = current - first
     seen = set()
     for _ in range(200):
