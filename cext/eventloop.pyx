@@ -94,6 +94,7 @@ from netio cimport (
 )
 
 import logging
+import socket
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +108,7 @@ from rapidrpc.errors import (
     ProtocolError,
     StatusCode,
 )
+from rapidrpc.transport import signal_wakeup
 from rapidrpc.transport.eventloop import ServerConfig
 from rapidrpc.wire import _framing_text as _text
 from rapidrpc.wire import constants as _const
@@ -339,6 +341,16 @@ cdef void _in_free(InBuf* b) noexcept:
     free(b.buf)
     b.buf = NULL
     b.cap = b.start = b.end = 0
+
+
+cdef int _drain_socket(object sock) except -1:
+    """Read a non-blocking socket until it is empty (signal wakeup bytes)."""
+    try:
+        while sock.recv(4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+    return 0
 
 
 # --- output queue -------------------------------------------------------------------------------
@@ -718,12 +730,25 @@ cdef class EventLoop:
         cdef int wfd = self._wake_fd
         cdef int ep = self._ep
         cdef int n, i, fd, ms
+        cdef int sfd = -1
         cdef uint32_t mask
         cdef double next_sweep, wake_at, timeout, now
         cdef _Conn conn
+        # In the main thread, signals write a byte to a socketpair we watch (signal_wakeup:
+        # the eventfd above takes only 8-byte writes), so a signal that lands just before
+        # epoll_wait still wakes it; PyErr_CheckSignals below then runs the handler.
+        sig_r = sig_w = previous_wakeup = None
+        if threading.current_thread() is threading.main_thread():
+            sig_r, sig_w = socket.socketpair()
+            sig_r.setblocking(False)
+            sig_w.setblocking(False)
+            previous_wakeup = signal_wakeup.install(sig_w.fileno())
+            sfd = sig_r.fileno()
         try:
             self._ctl(EPOLL_CTL_ADD, lfd, EPOLLIN)
             self._ctl(EPOLL_CTL_ADD, wfd, EPOLLIN)
+            if sfd >= 0:
+                self._ctl(EPOLL_CTL_ADD, sfd, EPOLLIN)
             self._running.set()
             next_sweep = _now() + self._sweep_every
             while True:
@@ -757,6 +782,8 @@ cdef class EventLoop:
                         self._accept(lfd)
                     elif fd == wfd:
                         self._drain_wakeups()
+                    elif fd == sfd:
+                        _drain_socket(sig_r)
                     else:
                         if fd >= len(self._by_fd) or self._by_fd[fd] is None:
                             continue
@@ -784,6 +811,11 @@ cdef class EventLoop:
                 if self._stop_requested and self._stopping():
                     break
         finally:
+            if sig_r is not None:
+                signal_wakeup.restore(previous_wakeup)
+                epoll_ctl(ep, EPOLL_CTL_DEL, sfd, NULL)
+                sig_r.close()
+                sig_w.close()
             self._shutdown()
 
     cdef int _ctl(self, int op, int fd, uint32_t mask) except -1:

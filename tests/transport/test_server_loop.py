@@ -619,6 +619,56 @@ def test_ctrl_c_interrupts_serve_forever(backend_name) -> None:
         proc.stdout.close()
 
 
+def test_signals_wake_a_main_thread_loop_at_once(backend_name) -> None:
+    """serve_forever in the main thread hands the loop a signal wakeup fd (as asyncio does):
+    a signal landing just before the loop sleeps still runs its handler at once, not at
+    the next sweep.  The previous wakeup fd is restored afterwards."""
+    server = rapidrpc.Server("127.0.0.1", 0, backend=backend_name)  # (sweeps every 1 s)
+    seen: list[tuple[int, float]] = []  # (wakeup fd during the handler, handler delay)
+    sent_at = [0.0]
+
+    def on_usr1(signum: int, frame: Any) -> None:
+        fd = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(fd)
+        seen.append((fd, time.monotonic() - sent_at[0]))
+        if len(seen) == 50:
+            server.stop(grace=0)
+
+    def send_signals() -> None:
+        end = time.monotonic() + 10
+        while server._loop is None and time.monotonic() < end:
+            time.sleep(0.001)
+        server._loop.wait_running(10)  # (a signal before the loop runs has nothing to wake)
+        pid = os.getpid()
+        for i in range(50):
+            time.sleep(0.001 * (i % 7))  # at varying moments: some just as the loop sleeps
+            sent_at[0] = time.monotonic()
+            os.kill(pid, signal.SIGUSR1)
+            end = time.monotonic() + 5
+            while len(seen) <= i and time.monotonic() < end:
+                time.sleep(0.0005)
+
+    previous = signal.signal(signal.SIGUSR1, on_usr1)
+    sender = threading.Thread(target=send_signals)
+    before = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(before)
+    try:
+        timer = threading.Timer(20, server.stop, kwargs={"grace": 0})  # bounded: never hang
+        timer.start()
+        sender.start()
+        server.serve_forever()
+        timer.cancel()
+    finally:
+        sender.join(10)
+        signal.signal(signal.SIGUSR1, previous)
+    assert len(seen) == 50
+    assert all(fd >= 0 for fd, _ in seen)  # a wakeup fd was installed while serving
+    assert max(delay for _, delay in seen) < 0.5  # at once, not at the next 1 s sweep
+    after = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(after)
+    assert after == before  # restored
+
+
 def test_begin_call_and_table_hooks(backend) -> None:
     """The two core hooks the fused fast path relies on."""
     from rapidrpc.core.dispatch import Dispatcher

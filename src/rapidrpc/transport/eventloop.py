@@ -42,6 +42,7 @@ from ..core.dispatch import Dispatcher
 from ..core.protocol import ServerConnection
 from ..errors import DeadlineExceeded, MethodNotFound, ProtocolError, StatusCode
 from ..wire import constants as C
+from . import signal_wakeup
 
 __all__ = ["EventLoop", "ServerConfig", "serve"]
 
@@ -333,6 +334,8 @@ class EventLoop:
         lfd = self._listener.fileno()
         wfd = self._wake_r.fileno()
         conns = self._conns
+        # In the main thread, a signal's byte lands in the wakeup pipe too (drained there).
+        previous_wakeup = signal_wakeup.install(self._wake_w.fileno())
         try:
             poller.register(lfd, READ)
             poller.register(wfd, READ)
@@ -382,6 +385,7 @@ class EventLoop:
                 if self._stop_grace is not None and self._stopping():
                     break
         finally:
+            signal_wakeup.restore(previous_wakeup)
             self._shutdown()
 
     # --- accept -------------------------------------------------------------------------
