@@ -31,7 +31,7 @@ import asyncio
 import socket
 import ssl as _ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
@@ -41,7 +41,7 @@ from .core.dispatch import Dispatcher, Registrar
 from .core.protocol import NotProcessed
 from .errors import ConnectionLost, DeadlineExceeded, Unavailable
 from .transport.aio import ConnectionGroup, NotSent, RPCClientProtocol, ServerConfig
-from .transport.resilience import Backoff
+from .transport.resilience import Backoff, RetryBudget, RetryPolicy, call_with_retries_async
 from .wire import constants as C
 
 __all__ = ["Client", "Server"]
@@ -200,7 +200,11 @@ class Client:
     certificate against *server_hostname* (default: the host).  *reconnect_backoff* (a
     :class:`~rapidrpc.transport.resilience.Backoff`; default 1 s x1.6 +-20 % up to 120 s)
     spaces connection attempts after a failed one: within its window calls fail fast with
-    ConnectionLost.  This client never retries calls.
+    ConnectionLost.  As in the blocking :class:`rapidrpc.Client`, only methods named in
+    *idempotent_methods* are retried, per *retry* (a :class:`RetryPolicy`, default 5
+    attempts, 0.1 s x2 up to 1 s) on ConnectionLost/Unavailable within the call's deadline,
+    and all calls share *retry_budget* (a :class:`RetryBudget`); other calls are never
+    re-sent once they may have run.
 
     Remote methods whose names clash with this class's own attributes (``call``,
     ``close``, ...) are reached with :meth:`call`.
@@ -221,10 +225,16 @@ class Client:
         ssl: _ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         reconnect_backoff: Backoff | None = None,
+        idempotent_methods: Iterable[str] = (),
+        retry: RetryPolicy | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         self.address = parse_address(address)
         self.timeout = timeout
         self.reconnect_backoff = Backoff() if reconnect_backoff is None else reconnect_backoff
+        self.idempotent_methods = frozenset(idempotent_methods)
+        self.retry = RetryPolicy() if retry is None else retry
+        self.retry_budget = RetryBudget() if retry_budget is None else retry_budget
         self._connect_error = ""
         self.connect_timeout = connect_timeout
         serializer, framing = wire_modules(backend)
@@ -336,6 +346,19 @@ class Client:
     ) -> Any:
         if timeout is None:
             timeout = self.timeout
+        if name in self.idempotent_methods:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            return await call_with_retries_async(
+                lambda left: self._invoke_once(name, args, kwargs, left),
+                self.retry,
+                self.retry_budget,
+                deadline,
+            )
+        return await self._invoke_once(name, args, kwargs, timeout)
+
+    async def _invoke_once(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
         kw = kwargs or None
         attempts = 0
         conn = self._conn

@@ -14,16 +14,23 @@ deterministic and never sleep for real.
 
 from __future__ import annotations
 
+import asyncio
 import random as _random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from rapidrpc.errors import ConnectionLost, Unavailable
 
-__all__ = ["Backoff", "RetryBudget", "RetryPolicy", "call_with_retries"]
+__all__ = [
+    "Backoff",
+    "RetryBudget",
+    "RetryPolicy",
+    "call_with_retries",
+    "call_with_retries_async",
+]
 
 T = TypeVar("T")
 
@@ -167,6 +174,30 @@ class RetryPolicy:
         return Backoff(self.initial, self.multiplier, self.max_delay, self.jitter, random=random)
 
 
+def _retry_delay(
+    exc: BaseException,
+    attempts: int,
+    policy: RetryPolicy,
+    backoff: Backoff,
+    budget: RetryBudget,
+    deadline: float | None,
+    clock: Callable[[], float],
+) -> float | None:
+    """Seconds to wait before retrying after *exc* on attempt *attempts*; None: give up.
+
+    The one rule both clients follow (see :func:`call_with_retries`); a granted retry has
+    spent its budget token.
+    """
+    if not isinstance(exc, policy.retry_on) or attempts >= policy.max_attempts:
+        return None
+    delay = max(backoff.next_delay(), getattr(exc, "retry_after", 0.0))
+    if deadline is not None and clock() + delay >= deadline:
+        return None
+    if not budget.try_spend():
+        return None
+    return delay
+
+
 def call_with_retries(
     attempt: Callable[[float | None], T],
     policy: RetryPolicy,
@@ -194,14 +225,38 @@ def call_with_retries(
         try:
             result = attempt(timeout)
         except policy.retry_on as exc:
-            if attempts >= policy.max_attempts:
-                raise
-            delay = max(backoff.next_delay(), getattr(exc, "retry_after", 0.0))
-            if deadline is not None and clock() + delay >= deadline:
-                raise
-            if not budget.try_spend():
+            delay = _retry_delay(exc, attempts, policy, backoff, budget, deadline, clock)
+            if delay is None:
                 raise
             sleep(delay)
+            continue
+        budget.record_success()
+        return result
+
+
+async def call_with_retries_async(
+    attempt: Callable[[float | None], Awaitable[T]],
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    deadline: float | None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    random: Callable[[], float] = _random.random,
+) -> T:
+    """:func:`call_with_retries` for coroutines: ``await attempt(timeout)``, and the delays
+    are ``asyncio.sleep`` (the loop keeps serving other tasks meanwhile)."""
+    backoff = policy.backoff(random=random)
+    attempts = 0
+    while True:
+        attempts += 1
+        timeout = None if deadline is None else max(0.0, deadline - clock())
+        try:
+            result = await attempt(timeout)
+        except policy.retry_on as exc:
+            delay = _retry_delay(exc, attempts, policy, backoff, budget, deadline, clock)
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
             continue
         budget.record_success()
         return result
