@@ -14,7 +14,6 @@ deterministic and never sleep for real.
 
 from __future__ import annotations
 
-import asyncio
 import random as _random
 import threading
 import time
@@ -245,6 +244,8 @@ async def call_with_retries_async(
 ) -> T:
     """:func:`call_with_retries` for coroutines: ``await attempt(timeout)``, and the delays
     are ``asyncio.sleep`` (the loop keeps serving other tasks meanwhile)."""
+    import asyncio  # (here: ``import rapidrpc`` must not import asyncio, see rapidrpc.aio)
+
     backoff = policy.backoff(random=random)
     attempts = 0
     while True:
