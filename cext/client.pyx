@@ -108,6 +108,7 @@ cdef double C_ASYNC_SLICE = 0.02
 cdef double C_FOLLOW_SLICE = 0.05
 
 cdef object _MISSING = object()
+cdef object _BLOCKING = None  # rapidrpc.transport.blocking (imports this module: bound lazily)
 cdef object _heappush = heapq.heappush
 cdef object _heapify = heapq.heapify
 cdef object _SYNC = SYNC
@@ -332,7 +333,7 @@ cdef class ConnectionCore:
     cdef Py_ssize_t _part         # set by _write_some: bytes of its next chunk already sent
     # Bound methods and protocol parts used on every call, looked up once.
     cdef object _state_acquire, _state_release, _send_lock_acquire, _send_lock_release
-    cdef object _take_output, _proto_feed, _dumps, _loads
+    cdef object _proto_feed, _dumps, _loads
     cdef dict _loads_kw
     cdef object _max_rid
 
@@ -361,7 +362,6 @@ cdef class ConnectionCore:
         self._send_lock_acquire = self._send_lock.acquire
         self._send_lock_release = self._send_lock.release
         proto = self.proto
-        self._take_output = proto.take_output
         self._proto_feed = proto._feed
         self._dumps = proto._dumps
         self._loads = proto._loads
@@ -370,6 +370,19 @@ cdef class ConnectionCore:
         self._busy_since = _now()
 
     # --- calls --------------------------------------------------------------------------------
+
+    def fresh(self, double idle=1.0):
+        """BlockingConnection.fresh, its fast half compiled (this runs before every call)."""
+        global _BLOCKING
+        if _BLOCKING is None:
+            from rapidrpc.transport import blocking as _BLOCKING
+        if (self.error is not None or self.draining
+                or self.proto._next_id > self._max_rid
+                or self._generation != _BLOCKING._fork_generation):
+            return False
+        if _now() - self._last_heard < idle:
+            return True
+        return self._refresh()
 
     def call(self, method, args, kwargs, timeout):
         """Send a call and wait for its result (raises the remote error, or a local one)."""
@@ -508,7 +521,7 @@ cdef class ConnectionCore:
             finally:
                 self._send_lock_release()
             # Output queued meanwhile by threads that found the lock taken is ours to send.
-            if self.error is not None or not self.proto.output_size or self._backlog:
+            if self.error is not None or not self.proto._out_size or self._backlog:
                 return 0
         return 0
 
@@ -517,9 +530,13 @@ cdef class ConnectionCore:
         cdef list out, chunks, backlog
         cdef Py_ssize_t off, done
         while self.error is None:
+            proto = self.proto
             self._state_acquire()
-            try:
-                out = self._take_output()
+            try:  # proto.take_output(), inlined
+                out = proto._out
+                if out:
+                    proto._out = []
+                    proto._out_size = 0
             finally:
                 self._state_release()
             backlog = self._backlog
@@ -848,7 +865,7 @@ cdef class ConnectionCore:
                     futures.append(reply)
             if results and self._waiters:
                 self._cond.notify_all()
-            idle_draining = (self.draining or proto.ids_exhausted) and not proto._pending
+            idle_draining = (self.draining or proto._next_id > self._max_rid) and not proto._pending
         finally:
             self._state_release()
         if futures is not None:
@@ -856,7 +873,7 @@ cdef class ConnectionCore:
         if error is not None:
             self._lost(error)
             return 0
-        if proto.output_size:
+        if proto._out_size:
             self._flush(INFINITY, False)
         if idle_draining:
             self._lost(ConnectionLost(f"{self._where()}: connection retired"))

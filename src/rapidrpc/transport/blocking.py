@@ -213,6 +213,11 @@ class BlockingConnection(_client_py.ConnectionCore):
             return False
         if time.monotonic() - self._last_heard < idle:
             return True
+        return self._refresh()
+
+    def _refresh(self) -> bool:
+        """The slow half of :meth:`fresh` (shared with the compiled core's fast half): read
+        what an idle connection may have been sent, without blocking; then usable?"""
         if self._read_lock.acquire(blocking=False):
             try:
                 self._read_once(time.monotonic())
