@@ -267,6 +267,37 @@ def test_large_bodies_travel_as_separate_chunks(backend) -> None:
     assert bytes(reply[3]) == blob
 
 
+@pytest.mark.parametrize("size", [0xFFFF, 0x10000, C.ZERO_COPY_MIN_BODY * 3])
+def test_large_bytes_result_is_queued_by_reference(backend, size) -> None:
+    """A bytes result of 64 KiB or more goes out as header + bin 32 prefix + the object
+    itself (no copy), byte for byte what dumps would have made; 0xFFFF is still bin 16."""
+    client, server = connect(backend)
+    rid = client.send_request("blob", [])
+    feed(server, client.data_to_send())
+    blob = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    server.send_response(rid, blob)
+    expected = backend.framing.encode_frame(RESP, rid, backend.serializer.dumps(blob))
+    chunks = server.take_output()
+    assert b"".join(chunks) == expected
+    assert (chunks[-1] is blob) == (size >= 0x10000)
+
+
+def test_frames_above_the_default_limit_when_both_sides_allow_them(backend) -> None:
+    """max_frame_size above the 16 MiB default on both sides: a 17 MiB request and reply
+    are encoded and parsed (the header encoder used to refuse them at its own default)."""
+    big = 17 * 1024 * 1024
+    client, server = connect(
+        backend, server_kw={"max_frame_size": 32 << 20}, client_kw={"max_frame_size": 32 << 20}
+    )
+    blob = b"q" * big
+    rid = client.send_request("echo", [blob])
+    [event] = feed(server, client.data_to_send())
+    assert len(event[3][0]) == big
+    server.send_response(rid, [event[3][0]])  # a list: through dumps, not by reference
+    [reply] = client.receive_data(server.data_to_send())
+    assert len(reply[3][0]) == big
+
+
 # --- HOSTILE 23: malformed envelopes get an error reply, the connection goes on ---------
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -64,6 +65,8 @@ KIND_PONG = C.KIND_PONG
 KIND_GOAWAY = C.KIND_GOAWAY
 KIND_SETTINGS = C.KIND_SETTINGS
 _ZERO_COPY = C.ZERO_COPY_MIN_BODY
+_BIN32_MIN = 0x10000  # bytes this long are bin 32 in MessagePack (their smallest form)
+_U32_MAX = 0xFFFFFFFF  # the largest body length a header can hold
 _FIRST_HEADER_END = C.PREFACE_SIZE + C.HEADER_SIZE  # where the first frame's body begins
 _CONNECTION_KINDS = frozenset((KIND_PING, KIND_PONG, KIND_SETTINGS, KIND_GOAWAY))
 _CALL_KINDS = frozenset((KIND_REQUEST, KIND_NOTIFICATION))
@@ -116,7 +119,9 @@ class Connection:
         self._dumps = serializer.dumps
         self._loads = serializer.loads
         self._encode_frame = framing.encode_frame
-        self._encode_header = framing.encode_header
+        # Headers of bodies already checked against the peer's limit: the encoder's own
+        # default limit (16 MiB) must not refuse what both sides agreed to carry.
+        self._encode_header = partial(framing.encode_header, max_frame_size=_U32_MAX)
         self._parser = framing.FrameParser(max_frame_size=max_frame_size, expect_preface=True)
         self.clock = clock
         self.max_frame_size = max_frame_size
@@ -480,6 +485,19 @@ class ServerConnection(Connection):
         is larger than the peer accepts, is answered with an error instead.
         """
         if self._inflight.pop(request_id, True):  # cancelled, or not in flight
+            return
+        if type(result) is bytes and _BIN32_MIN <= len(result) <= self.peer_max_frame_size - 5:
+            # A large bytes result: the header and its bin 32 prefix, then the object itself
+            # (the bytes dumps would make, without copying the body; the compiled loop does
+            # the same).
+            n = len(result)
+            self._out.append(
+                self._encode_header(KIND_RESPONSE, request_id, n + 5)
+                + b"\xc6"
+                + n.to_bytes(4, "big")
+            )
+            self._out.append(result)
+            self._out_size += C.HEADER_SIZE + 5 + n
             return
         try:
             body = self._dumps(result)
