@@ -190,6 +190,35 @@ def test_map_keeps_at_most_window_calls_in_flight(make_server, make_client) -> N
     assert 1 < running[1] <= 4
 
 
+def test_map_shares_the_client_with_other_threads(make_server, make_client) -> None:
+    """A map in one thread while other threads call and map on the same client: every
+    reply reaches its own caller (the map's leader reads for everyone, and follows others)."""
+    server = make_server()
+    server.register(lambda a, b: a + b, name="add")
+    client = make_client(server)
+    results: dict[str, object] = {}
+
+    def mapper(key: str, offset: int) -> None:
+        results[key] = list(client.map("add", range(3000), [offset] * 3000, window=32))
+
+    def caller(key: str) -> None:
+        results[key] = [client.add(i, 1) for i in range(300)]
+
+    threads = [
+        threading.Thread(target=mapper, args=("map-a", 1)),
+        threading.Thread(target=mapper, args=("map-b", 2)),
+        threading.Thread(target=caller, args=("calls-a",)),
+        threading.Thread(target=caller, args=("calls-b",)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results["map-a"] == [i + 1 for i in range(3000)]
+    assert results["map-b"] == [i + 2 for i in range(3000)]
+    assert results["calls-a"] == results["calls-b"] == [i + 1 for i in range(300)]
+
+
 def _settled(client) -> bool:
     conn = client._conn
     return conn.proto.pending == 0 and not conn._results
