@@ -242,29 +242,50 @@ def _install_stop_signals(server: Any, grace: float, workers: int) -> threading.
 
     Returns an event set when the stop was forced.  The handlers only set state and write
     to a wakeup pipe or socket (``server.stop``), so they are safe at any point.
+
+    The second signal is taken by a thread of its own (``sigwait``, the stop signals then
+    blocked in the main thread): a Python handler runs only when the main thread gets to
+    it, and an inline handler sleeping in C would keep it waiting, the signal counted but
+    never handled (CPython resumes ``time.sleep`` after running the first handler).
     """
     forced = threading.Event()
     received = []
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        if len(received) == 1:
-            # os.write, not print: the interrupted code may be inside a print itself.
-            os.write(
-                2,
-                f"rapidrpc: stopping (grace {grace:g} s); signal again to force\n".encode(),
-            )
-            server.stop(grace)
-            return
+    def force() -> None:
         forced.set()
         if workers > 1:
             server.stop(0)  # the supervisor kills the workers at once, then returns
         else:
             os._exit(EXIT_ERROR)
 
+    def take_the_second_signal() -> None:
+        signal.sigwait(_STOP_SIGNALS)
+        force()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            force()
+            return
+        if hasattr(signal, "pthread_sigmask"):
+            # Blocked here before the thread starts, so it inherits the mask sigwait needs.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            threading.Thread(
+                target=take_the_second_signal, name="rapidrpc-force-stop", daemon=True
+            ).start()
+        # os.write, not print: the interrupted code may be inside a print itself.
+        os.write(
+            2,
+            f"rapidrpc: stopping (grace {grace:g} s); signal again to force\n".encode(),
+        )
+        server.stop(grace)
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     return forced
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _exit_if_threads_linger(code: int) -> None:
