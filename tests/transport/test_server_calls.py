@@ -258,6 +258,32 @@ def test_map_stopped_early_cancels_the_calls_in_flight(make_server, make_client)
     assert len(seen) <= 64 + 1  # at most two windows were ever sent, not the 1000
 
 
+def test_map_dropped_while_the_connection_lock_is_held(make_server, make_client) -> None:
+    """A map generator finalized by the GC inside code holding the connection's lock (the
+    GC runs at any allocation) must not wait for that lock: its calls are cancelled later."""
+    server = make_server(threads=4)
+    server.register(lambda x: (time.sleep(0.01), x)[1], name="work", blocking=True)
+    client = make_client(server)
+    results = client.map("work", range(100), window=8)
+    assert next(results) == 0
+    conn = client._conn
+    with conn._state:  # as if the GC finalized the generator here
+        done = threading.Event()
+
+        def drop() -> None:
+            results.close()
+            done.set()
+
+        dropper = threading.Thread(target=drop)  # (the same call from this thread: no wait)
+        dropper.start()
+        assert done.wait(5), "abandoning a map waited for the connection lock"
+        dropper.join(5)
+    assert len(conn._abandoned) == 7  # the 7 calls still in flight, cancelled later
+    assert list(client.map("work", [5])) == [5]  # the next map cancels them first
+    assert not conn._abandoned
+    assert wait_until(lambda: _settled(client))
+
+
 def test_map_timeout_bounds_the_whole_map(make_server, make_client) -> None:
     server = make_server(threads=4)
     server.register(lambda x: (time.sleep(0.05), x)[1], name="work", blocking=True)
