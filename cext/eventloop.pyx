@@ -164,7 +164,6 @@ cdef enum:
     KEEP_IN = 4 * 1024 * 1024    # read buffers above this are freed once empty
     KEEP_OUT = 1024 * 1024       # output buffers above this are freed once drained
     MIN_ROOM = 64 * 1024         # grow the read buffer when less room than this is left
-    BIN32 = 0xC6                 # MessagePack bin 32 (the smallest encoding above 0xFFFF bytes)
     HS_PREFIX = 20               # preface (8) + the first frame header (12)
 if _const.PREFACE_SIZE + _HDR != HS_PREFIX:
     raise ImportError("rapidrpc.transport._eventloop_c expects an 8-byte preface, constants "
@@ -176,8 +175,9 @@ cdef enum:
     PAUSED = 1
     FAILED = 2
 
-cdef Py_ssize_t BIN16_MAX = 0xFFFF         # longest bytes MessagePack packs as bin 16
-cdef Py_ssize_t BIN32_MAX = 0xFFFFFFFF - 5  # longest bytes whose bin 32 body fits a frame
+cdef unsigned char BIN32 = _const.BIN32_MARKER
+cdef Py_ssize_t BIN32_MIN = _const.BIN32_MIN_LENGTH  # shorter bytes are not bin 32
+cdef Py_ssize_t BIN32_MAX = _const.MAX_BODY_LENGTH - 5  # longest bytes whose bin 32 body fits a frame
 cdef double NO_TIME = -1.0    # "None" for the optional timestamps (monotonic time is >= 0)
 cdef int _IOV_CAP = IOV_MAX if IOV_MAX < 1024 else 1024
 cdef str _TIMEOUT_KEY = "timeout"
@@ -1197,7 +1197,7 @@ cdef class EventLoop:
         cdef object body
         if type(result) is bytes:
             n = PyBytes_GET_SIZE(result)
-            if BIN16_MAX < n <= BIN32_MAX and n + 5 <= conn.peer_max:
+            if BIN32_MIN <= n <= BIN32_MAX and n + 5 <= conn.peer_max:
                 # A large bytes result: header + bin 32 prefix here, the body by reference.
                 p = <unsigned char*>_out_reserve(&conn.out, _HDR + 5)
                 _store_header(p, <uint32_t>(n + 5), K_RESPONSE, rid)

@@ -97,7 +97,7 @@ cdef Py_ssize_t C_PREFACE_SIZE = _const.PREFACE_SIZE
 cdef Py_ssize_t C_VERSION_INDEX = _text.VERSION_INDEX
 cdef bytes C_PREFACE = _const.PREFACE
 cdef const unsigned char* C_PREFACE_PTR = <const unsigned char*>PyBytes_AS_STRING(C_PREFACE)
-cdef long long C_MAX_U32 = 0xFFFFFFFF
+cdef long long C_MAX_U32 = _const.MAX_BODY_LENGTH
 
 cdef enum:
     ST_PREFACE = 0

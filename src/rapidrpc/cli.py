@@ -237,6 +237,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return code
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _install_stop_signals(server: Any, grace: float, workers: int) -> threading.Event:
     """SIGINT/SIGTERM: first a graceful stop, then (second signal) a forced one.
 
@@ -283,9 +286,6 @@ def _install_stop_signals(server: Any, grace: float, workers: int) -> threading.
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     return forced
-
-
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _exit_if_threads_linger(code: int) -> None:

@@ -65,8 +65,7 @@ KIND_PONG = C.KIND_PONG
 KIND_GOAWAY = C.KIND_GOAWAY
 KIND_SETTINGS = C.KIND_SETTINGS
 _ZERO_COPY = C.ZERO_COPY_MIN_BODY
-_BIN32_MIN = 0x10000  # bytes this long are bin 32 in MessagePack (their smallest form)
-_U32_MAX = 0xFFFFFFFF  # the largest body length a header can hold
+_BIN32_PREFIX = bytes((C.BIN32_MARKER,))
 _FIRST_HEADER_END = C.PREFACE_SIZE + C.HEADER_SIZE  # where the first frame's body begins
 _CONNECTION_KINDS = frozenset((KIND_PING, KIND_PONG, KIND_SETTINGS, KIND_GOAWAY))
 _CALL_KINDS = frozenset((KIND_REQUEST, KIND_NOTIFICATION))
@@ -121,7 +120,7 @@ class Connection:
         self._encode_frame = framing.encode_frame
         # Headers of bodies already checked against the peer's limit: the encoder's own
         # default limit (16 MiB) must not refuse what both sides agreed to carry.
-        self._encode_header = partial(framing.encode_header, max_frame_size=_U32_MAX)
+        self._encode_header = partial(framing.encode_header, max_frame_size=C.MAX_BODY_LENGTH)
         self._parser = framing.FrameParser(max_frame_size=max_frame_size, expect_preface=True)
         self.clock = clock
         self.max_frame_size = max_frame_size
@@ -486,14 +485,14 @@ class ServerConnection(Connection):
         """
         if self._inflight.pop(request_id, True):  # cancelled, or not in flight
             return
-        if type(result) is bytes and _BIN32_MIN <= len(result) <= self.peer_max_frame_size - 5:
+        n = len(result) if type(result) is bytes else 0
+        if C.BIN32_MIN_LENGTH <= n <= self.peer_max_frame_size - 5:
             # A large bytes result: the header and its bin 32 prefix, then the object itself
             # (the bytes dumps would make, without copying the body; the compiled loop does
             # the same).
-            n = len(result)
             self._out.append(
                 self._encode_header(KIND_RESPONSE, request_id, n + 5)
-                + b"\xc6"
+                + _BIN32_PREFIX
                 + n.to_bytes(4, "big")
             )
             self._out.append(result)

@@ -33,6 +33,7 @@ from .constants import (
     KIND_STREAM_END,
     KIND_STREAM_ITEM,
     KNOWN_FLAGS,
+    MAX_BODY_LENGTH,
     MAX_KIND,
     MAX_REQUEST_ID,
     PREFACE,
@@ -76,7 +77,7 @@ _HEADER = struct.Struct(">IBBHI")  # body_length, kind, flags, reserved, request
 assert _HEADER.size == HEADER_SIZE, "constants.HEADER_SIZE no longer matches this layout"
 _unpack_from = _HEADER.unpack_from
 _pack = _HEADER.pack
-_MAX_U32 = 0xFFFFFFFF
+_MAX_U32 = MAX_BODY_LENGTH
 _VERSION_INDEX = _text.VERSION_INDEX
 
 _ST_PREFACE, _ST_HEADER, _ST_BODY, _ST_FAILED = range(4)

@@ -13,6 +13,8 @@ Every body is exactly one MessagePack value, so a body is never empty.
 from __future__ import annotations
 
 __all__ = [
+    "BIN32_MARKER",
+    "BIN32_MIN_LENGTH",
     "DEFAULT_MAX_ARRAY_LEN",
     "DEFAULT_MAX_BIN_LEN",
     "DEFAULT_MAX_BUFFER_SIZE",
@@ -39,6 +41,7 @@ __all__ = [
     "KIND_STREAM_END",
     "KIND_STREAM_ITEM",
     "KNOWN_FLAGS",
+    "MAX_BODY_LENGTH",
     "MAX_KIND",
     "MAX_REQUEST_ID",
     "PREFACE",
@@ -91,6 +94,7 @@ FLAG_END_STREAM = 0x01  # reserved for streams: last item of a stream
 KNOWN_FLAGS = FLAG_END_STREAM  # any other flag bit set is a FrameError
 
 MAX_REQUEST_ID = 0xFFFFFFFF  # ids are u32; clients reconnect before an id would be reused
+MAX_BODY_LENGTH = 0xFFFFFFFF  # body_length is u32: no max_frame_size can exceed it
 
 # Default for FrameParser(max_frame_size=...): bodies above this are refused from the header.
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
@@ -105,6 +109,11 @@ ZERO_COPY_MIN_BODY = 64 * 1024
 # --- serializer -----------------------------------------------------------------------------
 EXT_TIMESTAMP = -1  # MessagePack spec timestamp
 EXT_BIGINT = 1  # ours: int outside [-2**63, 2**64): signed big-endian two's complement, minimal
+# bytes of at least BIN32_MIN_LENGTH are packed as bin 32 (their smallest encoding): the
+# marker, a u32 length, the bytes.  Reply paths send such a body by reference after a
+# 5-byte prefix they write themselves (identical to what dumps makes).
+BIN32_MARKER = 0xC6
+BIN32_MIN_LENGTH = 0x10000
 
 DEFAULT_MAX_DEPTH = 512
 DEFAULT_MAX_STR_LEN = 64 * 1024 * 1024
