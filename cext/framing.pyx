@@ -394,6 +394,71 @@ cdef class FrameParser:
             self._busy = False
             PyBuffer_Release(&view)
 
+    def feed_in_place(self, data):
+        """Cut every whole frame out of *data*, keeping nothing: return ``(frames, used)``.
+
+        For a driver that owns its receive buffer.  ``used`` bytes (preface bytes and whole
+        frames) were consumed; the rest, an unfinished frame, stays with the caller, who
+        passes it again, followed by what arrived since, at the start of the next call.
+        The unfinished frame's header is checked as far as it arrived, so a length above
+        the limit raises here, before the caller buffers any of its body.
+
+        Bodies of at least ``ZERO_COPY_MIN_BODY`` bytes are read-only ``memoryview``
+        slices of *data*, whatever its type (no copy): the caller must not change those
+        bytes while such frames are alive.  Other bodies are ``bytes``.  Raises like
+        :meth:`feed`, and RuntimeError when :meth:`feed` holds part of a frame.
+        """
+        cdef Py_buffer view
+        if self._busy:
+            raise RuntimeError(_text.reentered())
+        if self._state == ST_FAILED:
+            raise FrameError(_text.poisoned(self._error))
+        if self._state == ST_BODY or self._hdr_len:
+            raise RuntimeError(_text.mixed_in_place())
+        _get_buffer(data, &view)
+        self._busy = True
+        try:
+            return self._parse_in_place(data, <const unsigned char*>view.buf, view.len)
+        finally:
+            self._busy = False
+            PyBuffer_Release(&view)
+
+    cdef tuple _parse_in_place(self, object data, const unsigned char* p, Py_ssize_t n):
+        cdef list frames = []
+        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t start
+        cdef const unsigned char* h
+        cdef uint32_t length, kind, flags
+        cdef uint32_t limit = self._max
+        cdef object shared = None  # read-only byte view of data, for the large bodies
+        cdef object body
+        if self._state == ST_PREFACE:
+            pos = self._eat_preface(p, n)
+        while n - pos >= _HDR:
+            h = p + pos
+            length = _load_u32(h)
+            kind = h[4]
+            flags = h[5]
+            if ((length - 1u) >= limit) | ((kind - 1u) >= C_MAX_KIND) | (
+                    (flags & ~C_KNOWN_FLAGS) != 0) | ((h[6] | h[7]) != 0):
+                self._check_header(h, _HDR, self._consumed + <uint64_t>pos)
+            start = pos + _HDR
+            if n - start < <Py_ssize_t>length:
+                break
+            if length >= C_ZERO_COPY_MIN:
+                if shared is None:
+                    shared = PyMemoryView_FromObject(data).cast("B").toreadonly()
+                body = shared[start:start + length]
+            else:
+                body = PyBytes_FromStringAndSize(<const char*>p + start, length)
+            frames.append(_new_frame(kind, flags, _load_u32(h + 8), body))
+            pos = start + length
+        else:
+            if pos < n:  # the first bytes of a header: check what is there
+                self._check_header(p + pos, n - pos, self._consumed + <uint64_t>pos)
+        self._consumed += <uint64_t>pos
+        return frames, pos
+
     cdef int _fail(self, str message) except -1:
         self._state = ST_FAILED
         self._error = message

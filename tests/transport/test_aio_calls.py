@@ -563,15 +563,21 @@ async def conversation(backend_name: str) -> tuple[bytes, bytes]:
     }
     to_server, to_client = bytearray(), bytearray()
 
-    class RecordingServer(RPCServerProtocol):
-        def data_received(self, data: bytes) -> None:
-            to_server.extend(data)
-            super().data_received(data)
+    def recording(cls: type, record: bytearray) -> type:
+        # The transports read through get_buffer/buffer_updated (BufferedProtocol).
+        class Recording(cls):  # type: ignore[valid-type, misc]
+            def get_buffer(self, sizehint: int) -> memoryview:
+                self.last_buffer = super().get_buffer(sizehint)
+                return self.last_buffer
 
-    class RecordingClient(RPCClientProtocol):
-        def data_received(self, data: bytes) -> None:
-            to_client.extend(data)
-            super().data_received(data)
+            def buffer_updated(self, nbytes: int) -> None:
+                record.extend(self.last_buffer[:nbytes])
+                super().buffer_updated(nbytes)
+
+        return Recording
+
+    RecordingServer = recording(RPCServerProtocol, to_server)
+    RecordingClient = recording(RPCClientProtocol, to_client)
 
     dispatcher = Dispatcher(allow_async=True)
     dispatcher.register(lambda x: x, name="echo")

@@ -36,7 +36,7 @@ error: it gets an ``INVALID_ARGUMENT`` error reply and the connection stays usab
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from types import ModuleType
 from typing import Any
@@ -147,6 +147,7 @@ class Connection:
         # The stream's first bytes (preface + first frame header) until that header has been
         # checked against the handshake limit; None afterwards.
         self._first_head: bytearray | None = bytearray()
+        self._in_place_at = 0  # stream offset of the next receive_in_place's first byte
 
     # --- output -------------------------------------------------------------------------
 
@@ -258,6 +259,21 @@ class Connection:
         except FrameError as exc:
             raise self._fail(str(exc), exc) from exc
 
+    def _feed_in_place(self, data: bytearray | memoryview) -> tuple[list[Any], int]:
+        """``FrameParser.feed_in_place`` with the same checks as :meth:`_feed`."""
+        if self.error is not None:
+            raise self.error
+        head = self._first_head
+        if head is not None:
+            seen = len(head) - self._in_place_at  # leading bytes of *data* checked already
+            self._check_first_header(memoryview(data)[seen:] if seen else data)
+        try:
+            frames, used = self._parser.feed_in_place(data)
+        except FrameError as exc:
+            raise self._fail(str(exc), exc) from exc
+        self._in_place_at += used
+        return frames, used
+
     def _check_first_header(self, data: bytes | bytearray | memoryview) -> None:
         """Refuse a first frame above the handshake limit from its header (HOSTILE 10).
 
@@ -354,6 +370,7 @@ class ServerConnection(Connection):
         # request id -> cancelled flag, for every call whose handler has not ended.
         self._inflight: dict[int, bool] = {}
         self._notifications = 0
+        self._in_place_rest: Iterator[Any] | None = None  # frames of receive_in_place
         #: Notifications dropped because the in-flight limit was reached.
         self.dropped_notifications = 0
 
@@ -390,7 +407,39 @@ class ServerConnection(Connection):
             self.initiate()  # answer a native client's preface with ours
         return self._events(frames)
 
-    def _events(self, frames: list[Any]) -> Iterator[tuple[Any, ...]]:
+    def receive_in_place(
+        self, data: bytearray | memoryview
+    ) -> tuple[Iterator[tuple[Any, ...]], int]:
+        """:meth:`receive_data` for a driver that owns its receive buffer.
+
+        Takes the whole frames at the start of *data* and returns ``(events, used)``:
+        the events iterator (as :meth:`receive_data`'s) and how many bytes were consumed.
+        The bytes from ``used`` on (an unfinished frame) stay with the driver, which
+        passes them again, followed by what arrived since.  Large bodies are parsed in
+        place: until the iterator is exhausted, *data* must not change.  A driver that
+        stops early (backpressure) calls :meth:`detach_in_place` for the rest, after which
+        *data* may be reused.
+        """
+        frames, used = self._feed_in_place(data)
+        if not self.preface_sent and self._parser.preface_received:
+            self.initiate()
+        rest = self._in_place_rest = iter(frames)
+        return self._events(rest), used
+
+    def detach_in_place(self) -> Iterator[tuple[Any, ...]]:
+        """The events of the last :meth:`receive_in_place` not taken yet, from copies
+        of their frames: the driver's buffer is no longer referenced (close the old
+        iterator and use this one)."""
+        rest, self._in_place_rest = self._in_place_rest, None
+        frames = []
+        for frame in rest or ():
+            body = frame.body
+            if type(body) is not bytes:
+                frame = type(frame)(frame.kind, frame.request_id, bytes(body), frame.flags)
+            frames.append(frame)
+        return self._events(frames)
+
+    def _events(self, frames: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
         events: list[tuple[Any, ...]] = []  # at most one event per frame on this side
         for frame in frames:
             kind = frame.kind
@@ -715,7 +764,18 @@ class ClientConnection(Connection):
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[tuple[Any, ...]]:
         """Feed received bytes; return the events they complete (see the module doc)."""
-        frames = self._feed(data)
+        return self._reply_events(self._feed(data))
+
+    def receive_in_place(self, data: bytearray | memoryview) -> tuple[list[tuple[Any, ...]], int]:
+        """:meth:`receive_data` for a driver that owns its receive buffer: takes the whole
+        frames at the start of *data* and returns ``(events, used)``.  The bytes from
+        ``used`` on (an unfinished frame) stay with the driver, which passes them again,
+        followed by what arrived since.  Every event is decoded on return: *data* may be
+        reused at once."""
+        frames, used = self._feed_in_place(data)
+        return self._reply_events(frames), used
+
+    def _reply_events(self, frames: list[Any]) -> list[tuple[Any, ...]]:
         events: list[tuple[Any, ...]] = []
         pending = self._pending
         try:

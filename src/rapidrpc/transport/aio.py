@@ -65,6 +65,7 @@ __all__ = [
     "NotSent",
     "RPCClientProtocol",
     "RPCServerProtocol",
+    "ReceiveBuffer",
     "ServerConfig",
 ]
 
@@ -77,6 +78,8 @@ _KIND_ERROR = C.KIND_ERROR
 _KIND_GOAWAY = C.KIND_GOAWAY
 _Task = asyncio.Task
 _LARGE = C.ZERO_COPY_MIN_BODY  # bodies this large travel as separate chunks
+#: Seconds between checks whether a grown receive buffer can shrink back.
+RECEIVE_BUFFER_IDLE = 1.0
 
 
 def _set_nodelay(transport: asyncio.BaseTransport, keepalive: bool = False) -> None:
@@ -92,24 +95,163 @@ def _set_nodelay(transport: asyncio.BaseTransport, keepalive: bool = False) -> N
         pass
 
 
-def _write_chunks(transport: asyncio.WriteTransport, chunks: list[Any]) -> None:
-    """Write queued output: one ``write`` for a lone chunk, else small chunks joined and
-    large bodies (which the protocol queues apart) passed as they are, so no transport
-    copies them into a joined buffer."""
+def _scatter_writer(transport: asyncio.BaseTransport) -> Any:
+    """The transport's ``writelines`` when it writes a list without joining it first
+    (uvloop: one ``writev``; CPython 3.12+: ``sendmsg``), else None (3.11's selector and
+    TLS transports join the list into one new ``bytes``)."""
+    writelines = getattr(type(transport), "writelines", None)
+    if writelines is None or writelines is asyncio.WriteTransport.writelines:
+        return None
+    return transport.writelines  # type: ignore[attr-defined]
+
+
+def _write_chunks(
+    transport: asyncio.WriteTransport, chunks: list[Any], writelines: Any = None
+) -> None:
+    """Write queued output: small chunks joined, large bodies (which the protocol queues
+    apart) passed as they are, so nothing copies them into a joined buffer.
+
+    With a scatter writer (see :func:`_scatter_writer`) the pieces leave in one call (one
+    ``writev``); otherwise one ``write`` each, large bodies as memoryviews (what the
+    socket does not take at once is then copied once into the transport's buffer, not
+    sliced into a new ``bytes`` first)."""
     if len(chunks) == 1:
         transport.write(chunks[0])
         return
+    parts: list[Any] = []
     run: list[Any] = []
     for chunk in chunks:
         if len(chunk) >= _LARGE:
             if run:
-                transport.write(run[0] if len(run) == 1 else b"".join(run))
+                parts.append(run[0] if len(run) == 1 else b"".join(run))
                 run = []
-            transport.write(chunk)
+            parts.append(chunk if writelines is not None else memoryview(chunk))
         else:
             run.append(chunk)
     if run:
-        transport.write(run[0] if len(run) == 1 else b"".join(run))
+        parts.append(run[0] if len(run) == 1 else b"".join(run))
+    if writelines is not None:
+        writelines(parts)
+    else:
+        for part in parts:
+            transport.write(part)
+
+
+class ReceiveBuffer:
+    """A connection's receive buffer: the kernel writes into it, frames are parsed in it.
+
+    Reads land in ``writable()`` (``BufferedProtocol.get_buffer``); ``view()`` is what
+    arrived and was not consumed yet.  The buffer grows geometrically, and only when it is
+    at least half full of bytes that actually arrived (never with a length a peer merely
+    declared).  It is replaced, never resized, since views of it (the transport's, parsed
+    bodies) may still be alive; it is compacted in place when little is left in it.
+    :meth:`maybe_shrink`, called periodically, goes back to the initial size once the
+    large size was not needed since the previous call, so an idle connection keeps
+    :attr:`INITIAL` bytes, not the size of its largest message.
+    """
+
+    #: Size of a new (or shrunk) buffer.
+    INITIAL = 64 * 1024
+    #: Least room offered to a read; less than this left at the end makes room first.
+    MIN_READ = 16 * 1024
+
+    __slots__ = ("_buf", "_high", "_mv", "end", "start")
+
+    def __init__(self) -> None:
+        self._buf = bytearray(self.INITIAL)
+        self._mv = memoryview(self._buf)
+        #: Offsets of the unconsumed bytes.
+        self.start = self.end = 0
+        self._high = 0  # most bytes held at once since the last maybe_shrink
+
+    @property
+    def size(self) -> int:
+        """Capacity in bytes."""
+        return len(self._buf)
+
+    @property
+    def pending(self) -> int:
+        """Bytes received and not consumed yet."""
+        return self.end - self.start
+
+    def writable(self) -> memoryview:
+        """Room for the next read (at least :attr:`MIN_READ` bytes)."""
+        if len(self._buf) - self.end < self.MIN_READ:
+            self._make_room()
+        return self._mv[self.end :]
+
+    def written(self, nbytes: int) -> None:
+        """*nbytes* were written at the start of the last :meth:`writable`."""
+        self.end = end = self.end + nbytes
+        if end - self.start > self._high:
+            self._high = end - self.start
+
+    def view(self) -> memoryview:
+        """The unconsumed bytes (a view: do not keep it past the next read)."""
+        return self._mv[self.start : self.end]
+
+    def consume(self, nbytes: int) -> None:
+        """The first *nbytes* of :meth:`view` are done with."""
+        self.start += nbytes
+        if self.start == self.end:
+            self.start = self.end = 0
+
+    def clear(self) -> None:
+        """Drop every unconsumed byte."""
+        self.start = self.end = 0
+
+    def append(self, data: Any) -> None:
+        """Copy *data* in (bytes handed over by other code instead of a read)."""
+        with memoryview(data) as src, src.cast("B") as octets:
+            done = 0
+            total = octets.nbytes
+            while done < total:
+                room = self.writable()
+                n = min(len(room), total - done)
+                room[:n] = octets[done : done + n]
+                self.written(n)
+                done += n
+
+    def _make_room(self) -> None:
+        start, end = self.start, self.end
+        n = end - start
+        size = len(self._buf)
+        if n == 0:
+            self.start = self.end = 0
+            if size < self.MIN_READ:  # (released)
+                self._replace(self.INITIAL)
+        elif n <= size // 2:  # little left: move it to the front (no allocation)
+            self._mv[:n] = self._mv[start:end]
+            self.start, self.end = 0, n
+        else:  # at least half full of received bytes: a new buffer twice as large
+            self._replace(size * 2)
+
+    def _replace(self, size: int) -> None:
+        n = self.end - self.start
+        buf = bytearray(size)
+        buf[:n] = self._mv[self.start : self.end]
+        self._buf = buf
+        self._mv = memoryview(buf)
+        self.start, self.end = 0, n
+
+    def maybe_shrink(self) -> bool:
+        """Go back to :attr:`INITIAL` bytes when the larger size was not needed since the
+        last call; True while the buffer is still larger than that."""
+        initial = self.INITIAL
+        if len(self._buf) <= initial:
+            return False
+        if self._high <= initial // 2 and self.end - self.start <= initial // 2:
+            self._replace(initial)
+            self._high = self.end - self.start
+            return False
+        self._high = self.end - self.start
+        return True
+
+    def release(self) -> None:
+        """Free the memory (the connection is closed)."""
+        self._buf = bytearray()
+        self._mv = memoryview(self._buf)
+        self.start = self.end = self._high = 0
 
 
 def _tick_interval(*timeouts: float | None) -> float:
@@ -130,8 +272,12 @@ def _copy(error: BaseException) -> BaseException:
 # ---------------------------------------------------------------------------------------------
 
 
-class RPCServerProtocol(asyncio.Protocol):
+class RPCServerProtocol(asyncio.BufferedProtocol):
     """Serve *dispatcher* on one connection (any stream transport).
+
+    An ``asyncio.BufferedProtocol``: the transport reads into the connection's
+    :class:`ReceiveBuffer` and frames are parsed in place; ``data_received`` works too
+    (for bytes handed over by other code, e.g. a port-sharing protocol).
 
     *config* holds the limits and timeouts (:class:`ServerConfig`, the same dataclass as
     the epoll server's; ``pool_size`` does not apply: blocking handlers use the loop's
@@ -168,7 +314,11 @@ class RPCServerProtocol(asyncio.Protocol):
         self._expired: set[asyncio.Future[Any]] = set()  # tasks cancelled by their deadline
         # Events of a received chunk not handled yet because output passed the high-water
         # mark: resumed (before any further read) once the peer drains its replies.
+        # It never refers to the receive buffer: its frames own their bodies.
         self._backlog: Iterator[tuple[Any, ...]] | None = None
+        self._rbuf = ReceiveBuffer()
+        self._shrink_handle: asyncio.TimerHandle | None = None
+        self._writelines: Any = None
         self._reading_paused = False
         self._writing_paused = False
         self._flush_scheduled = False
@@ -208,6 +358,7 @@ class RPCServerProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         cfg = self.config
         _set_nodelay(transport)
+        self._writelines = _scatter_writer(transport)
         transport.set_write_buffer_limits(high=self._high_water, low=self._high_water // 2)
         self.proto = ServerConnection(
             serializer=cfg.serializer,
@@ -226,24 +377,64 @@ class RPCServerProtocol(asyncio.Protocol):
                 return
         self._schedule_tick()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the transport reads to: the free end of the receive buffer."""
+        return self._rbuf.writable()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """*nbytes* arrived in the receive buffer: handle the frames they complete."""
+        self._rbuf.written(nbytes)
+        self._received()
+
     def data_received(self, data: bytes) -> None:
-        """Feed the bytes to the state machine and handle the events they complete."""
+        """Bytes handed over by other code (the transport itself reads through
+        :meth:`get_buffer`): copied into the receive buffer, then handled alike."""
+        self._rbuf.append(data)
+        self._received()
+
+    def _received(self) -> None:
         now = _now()
         self._last_recv = now
+        rbuf = self._rbuf
         if self._closing:
-            return  # draining input until the peer's EOF; never parse it
-        proto = self.proto
-        try:
-            events = proto.receive_data(data)
-        except ProtocolError:
-            self._protocol_error()
+            rbuf.clear()  # draining input until the peer's EOF; never parse it
             return
-        if proto.buffered:
+        if rbuf.size > ReceiveBuffer.INITIAL and self._shrink_handle is None:
+            self._schedule_shrink()
+        if self._backlog is None:  # else: handled once the backlog is done
+            self._process()
+        if rbuf.pending:
             if self._partial_since is None:
                 self._partial_since = now
         else:
             self._partial_since = None
-        self._run_events(events)
+
+    def _process(self) -> None:
+        """Handle the whole frames in the receive buffer, parsed in place."""
+        rbuf = self._rbuf
+        if not rbuf.pending:
+            return
+        try:
+            events, used = self.proto.receive_in_place(rbuf.view())
+        except ProtocolError:
+            rbuf.clear()
+            self._protocol_error()
+            return
+        if used:
+            # Every event is handled, or the rest detached (copied), on return: the bytes
+            # are free for the next read.
+            self._run_events(events, in_place=True)
+            rbuf.consume(used)
+
+    def _schedule_shrink(self) -> None:
+        self._shrink_handle = self._loop.call_later(  # type: ignore[union-attr]
+            RECEIVE_BUFFER_IDLE, self._shrink
+        )
+
+    def _shrink(self) -> None:
+        self._shrink_handle = None
+        if not self._closed and self._rbuf.maybe_shrink():
+            self._schedule_shrink()
 
     def eof_received(self) -> bool | None:
         """The peer closed its side: a partial frame is dropped with the connection."""
@@ -255,10 +446,11 @@ class RPCServerProtocol(asyncio.Protocol):
             return
         self._closed = self._closing = True
         self._backlog = None
-        for handle in (self._tick_handle, self._linger_handle):
+        self._rbuf.release()
+        for handle in (self._tick_handle, self._linger_handle, self._shrink_handle):
             if handle is not None:
                 handle.cancel()
-        self._tick_handle = self._linger_handle = None
+        self._tick_handle = self._linger_handle = self._shrink_handle = None
         # Async handlers are cancelled; blocking ones cannot be, their result is dropped.
         for fut in [*self._running.values(), *self._notes]:
             if isinstance(fut, _Task):
@@ -284,8 +476,11 @@ class RPCServerProtocol(asyncio.Protocol):
 
     # --- events -----------------------------------------------------------------------------
 
-    def _run_events(self, events: Iterator[tuple[Any, ...]]) -> None:
-        """Handle *events* in order; stop at the high-water mark, keeping the rest."""
+    def _run_events(self, events: Iterator[tuple[Any, ...]], in_place: bool = False) -> None:
+        """Handle *events* in order; stop at the high-water mark, keeping the rest.
+
+        *in_place*: the events come from frames parsed in the receive buffer; the rest
+        kept at the high-water mark is detached from it (copied) first."""
         proto = self.proto
         handle = self._handle
         # Nothing is written while the chunk is handled, so the room left is fixed here.
@@ -295,6 +490,10 @@ class RPCServerProtocol(asyncio.Protocol):
                 handle(event)
                 if proto.output_size > limit:
                     # Backpressure inside one read: the rest waits until the peer reads.
+                    if in_place:
+                        backlog = proto.detach_in_place()
+                        events.close()  # type: ignore[attr-defined]  (a generator)
+                        events = backlog
                     self._backlog = events
                     self._pause_reading()
                     self._flush()
@@ -316,6 +515,8 @@ class RPCServerProtocol(asyncio.Protocol):
         if events is None or self._closing or self._writing_paused:
             return
         self._run_events(events)
+        if self._backlog is None and not self._closing:
+            self._process()  # bytes that arrived before reading paused
         if self._backlog is None and not self._writing_paused:
             self._resume_reading()
 
@@ -474,7 +675,7 @@ class RPCServerProtocol(asyncio.Protocol):
         transport = self.transport
         if self._closed or self._eof_sent or transport.is_closing():  # type: ignore[union-attr]
             return  # nobody to say it to
-        _write_chunks(transport, out)  # type: ignore[arg-type]
+        _write_chunks(transport, out, self._writelines)  # type: ignore[arg-type]
         if transport.get_write_buffer_size() > self._max_output:  # type: ignore[union-attr]
             # A peer that does not read its replies: cap the memory it can pin (HOSTILE 8).
             self._abort()
@@ -692,8 +893,11 @@ class ConnectionGroup:
 # ---------------------------------------------------------------------------------------------
 
 
-class RPCClientProtocol(asyncio.Protocol):
+class RPCClientProtocol(asyncio.BufferedProtocol):
     """One client connection over any stream transport; calls are multiplexed on it.
+
+    An ``asyncio.BufferedProtocol`` reading into a :class:`ReceiveBuffer`, replies parsed
+    in place (``data_received`` works too, for bytes handed over by other code).
 
     *max_frame_size* caps the replies this side accepts (announced to the server).
     *keepalive* (seconds, or None): while calls are pending and the server has been
@@ -738,6 +942,9 @@ class RPCClientProtocol(asyncio.Protocol):
         self._tick_handle: asyncio.TimerHandle | None = None
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._rbuf = ReceiveBuffer()
+        self._shrink_handle: asyncio.TimerHandle | None = None
+        self._writelines: Any = None
 
     # --- state ------------------------------------------------------------------------------
 
@@ -759,19 +966,43 @@ class RPCClientProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  (uvloop's are not subclasses)
         self._loop = asyncio.get_running_loop()
         _set_nodelay(transport, keepalive=True)
+        self._writelines = _scatter_writer(transport)
         self._last_heard = _now()
         self.proto.initiate()
         transport.write(self.proto.data_to_send())
         if self.keepalive:
             self._schedule_tick()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the transport reads to: the free end of the receive buffer."""
+        return self._rbuf.writable()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """*nbytes* arrived in the receive buffer: route the replies they complete."""
+        self._rbuf.written(nbytes)
+        self._received()
+
     def data_received(self, data: bytes) -> None:
+        """Bytes handed over by other code (the transport itself reads through
+        :meth:`get_buffer`): copied into the receive buffer, then routed alike."""
+        self._rbuf.append(data)
+        self._received()
+
+    def _received(self) -> None:
         """Route replies to their callers."""
         self._last_heard = _now()
         proto = self.proto
+        rbuf = self._rbuf
+        if rbuf.size > ReceiveBuffer.INITIAL and self._shrink_handle is None:
+            self._shrink_handle = self._loop.call_later(  # type: ignore[union-attr]
+                RECEIVE_BUFFER_IDLE, self._shrink
+            )
         try:
-            events = proto.receive_data(data)
+            # Every reply is decoded on return: the bytes are free for the next read.
+            events, used = proto.receive_in_place(rbuf.view())
+            rbuf.consume(used)
         except ProtocolError as exc:
+            rbuf.clear()
             if proto.handshake_complete:
                 error = ConnectionLost(f"{self.peer}: protocol error: {exc}")
             else:
@@ -807,6 +1038,13 @@ class RPCClientProtocol(asyncio.Protocol):
         if self.draining and not proto.pending:
             self.close()
 
+    def _shrink(self) -> None:
+        self._shrink_handle = None
+        if not self._lost_called and self._rbuf.maybe_shrink():
+            self._shrink_handle = self._loop.call_later(  # type: ignore[union-attr]
+                RECEIVE_BUFFER_IDLE, self._shrink
+            )
+
     def eof_received(self) -> bool | None:
         """The server closed its side: the connection is over."""
         return None
@@ -821,6 +1059,10 @@ class RPCClientProtocol(asyncio.Protocol):
             error = ConnectionLost(f"{self.peer} closed the connection")
         self._lost(error)
         self._lost_called = True
+        self._rbuf.release()
+        if self._shrink_handle is not None:
+            self._shrink_handle.cancel()
+            self._shrink_handle = None
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
 
@@ -979,7 +1221,7 @@ class RPCClientProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        _write_chunks(transport, out)
+        _write_chunks(transport, out, self._writelines)
 
     # --- keepalive --------------------------------------------------------------------------
 

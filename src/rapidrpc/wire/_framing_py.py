@@ -277,6 +277,72 @@ class FrameParser:
                 finally:
                     self._busy = False
 
+    def feed_in_place(self, data: Any) -> tuple[list[Frame], int]:
+        """Cut every whole frame out of *data*, keeping nothing: return ``(frames, used)``.
+
+        For a driver that owns its receive buffer.  ``used`` bytes (preface bytes and whole
+        frames) were consumed; the rest, an unfinished frame, stays with the caller, who
+        passes it again, followed by what arrived since, at the start of the next call.
+        The unfinished frame's header is checked as far as it arrived, so a length above
+        the limit raises here, before the caller buffers any of its body.
+
+        Bodies of at least ``ZERO_COPY_MIN_BODY`` bytes are read-only ``memoryview``
+        slices of *data*, whatever its type (no copy): the caller must not change those
+        bytes while such frames are alive.  Other bodies are ``bytes``.  Raises like
+        :meth:`feed`, and RuntimeError when :meth:`feed` holds part of a frame.
+        """
+        if self._busy:
+            raise RuntimeError(_text.reentered())
+        if self._state == _ST_FAILED:
+            raise FrameError(_text.poisoned(self._error))
+        if self._state == _ST_BODY or self._hdr:
+            raise RuntimeError(_text.mixed_in_place())
+        view = memoryview(data)
+        if not view.c_contiguous:
+            raise TypeError(_text.body_not_contiguous())
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        self._busy = True
+        try:
+            return self._parse_in_place(view, view.nbytes)
+        finally:
+            self._busy = False
+
+    def _parse_in_place(self, data: memoryview, end: int) -> tuple[list[Frame], int]:
+        frames: list[Frame] = []
+        pos = 0
+        if self._state == _ST_PREFACE:
+            pos = self._eat_preface(data, end)
+        limit = self._max
+        append = frames.append
+        shared: memoryview | None = None  # read-only view for the large bodies
+        while end - pos >= HEADER_SIZE:
+            length, kind, flags, reserved, request_id = _unpack_from(data, pos)
+            if (
+                not 0 < length <= limit
+                or not 0 < kind <= MAX_KIND
+                or flags & ~KNOWN_FLAGS
+                or reserved
+            ):
+                self._check_header(data[pos : pos + HEADER_SIZE], HEADER_SIZE, self._consumed + pos)
+            start = pos + HEADER_SIZE
+            stop = start + length
+            if stop > end:
+                break
+            if length >= ZERO_COPY_MIN_BODY:
+                if shared is None:
+                    shared = data.toreadonly()
+                body: Any = shared[start:stop]
+            else:
+                body = data[start:stop].tobytes()
+            append(_new_frame(kind, flags, request_id, body))
+            pos = stop
+        else:
+            if pos < end:  # the first bytes of a header: check what is there
+                self._check_header(data[pos:end], end - pos, self._consumed + pos)
+        self._consumed += pos
+        return frames, pos
+
     def _fail(self, message: str) -> None:
         self._state = _ST_FAILED
         self._error = message

@@ -128,6 +128,14 @@ def reentered() -> str:
     return "FrameParser.feed() re-entered while it is already running on the same parser"
 
 
+def mixed_in_place() -> str:
+    """feed_in_place() was called while feed() holds part of a frame."""
+    return (
+        "FrameParser.feed_in_place() called while feed() holds part of a frame: "
+        "one connection uses one mode"
+    )
+
+
 def frame_repr(kind: int, request_id: int, flags: int, body: object) -> str:
     """repr() of a Frame: kind by name, body shortened to its first bytes."""
     name = KIND_NAMES.get(kind, str(kind))
