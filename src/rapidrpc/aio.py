@@ -20,6 +20,15 @@
             await asyncio.gather(*(client.add(i, i) for i in range(1000)))
             await client.notify("log", "hello")      # no reply
 
+Outside a running loop, ``server.run()`` blocks and serves on a fresh loop (pick it with
+``loop_factory=``, e.g. ``uvloop.new_event_loop``); with ``aio.Server(workers=N)`` it
+forks N processes after binding, each with its own fresh loop, supervised like
+``rapidrpc.Server(workers=N)``::
+
+    server = aio.Server("0.0.0.0", 8000, workers=4)
+    ...
+    server.run(loop_factory=uvloop.new_event_loop)   # SIGTERM: graceful stop
+
 Both faces wrap the protocol classes of :mod:`rapidrpc.transport.aio` (the embedding API,
 see docs/embedding.md) and behave like their blocking twins: the same limits, the same
 exception classes, the same wire bytes.
@@ -28,8 +37,10 @@ exception classes, the same wire bytes.
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import ssl as _ssl
+import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -61,6 +72,15 @@ class Server(Registrar):
     The limits and timeouts are those of :class:`rapidrpc.Server` (same names, same
     defaults).  *backend* picks the wire implementation (``"cython"``/``"python"``;
     None: ``rapidrpc.BACKEND``).  *ssl* serves TLS with that ``ssl.SSLContext``.
+
+    Two ways to run it: inside your loop (``await start()`` / ``serve_forever()`` /
+    ``stop()``, ``async with``), or :meth:`run`, which blocks and serves on a fresh loop
+    of its own.  ``workers > 1`` needs :meth:`run`: it forks that many processes sharing
+    the port with SO_REUSEPORT after binding, each running a fresh loop, restarts any
+    that dies and turns SIGTERM/SIGINT into a graceful stop of all of them (the
+    supervisor of :class:`rapidrpc.Server`, :mod:`rapidrpc.transport.workers`).  A
+    process with a running loop cannot be forked safely, hence no ``start()`` with
+    workers.
     """
 
     def __init__(
@@ -75,10 +95,15 @@ class Server(Registrar):
         handshake_timeout: float = 30.0,
         frame_timeout: float = 60.0,
         keepalive: float | None = 60.0,
+        workers: int = 1,
         backend: str | None = None,
         backlog: int = 1024,
         ssl: _ssl.SSLContext | None = None,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        #: Worker processes (see :meth:`run`).
+        self.workers = workers
         if backend is None:
             from . import _backend
 
@@ -98,7 +123,12 @@ class Server(Registrar):
             framing=framing,
         )
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.create_server((host, port), family=family, backlog=backlog)
+        self._sock = socket.create_server(
+            (host, port),
+            family=family,
+            backlog=backlog,
+            reuse_port=workers > 1 and hasattr(socket, "SO_REUSEPORT"),
+        )
         #: The bound ``(host, port)``.
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
         self._backlog = backlog
@@ -107,6 +137,7 @@ class Server(Registrar):
         self._server: asyncio.AbstractServer | None = None
         self._stopping = False
         self._stopped: asyncio.Event | None = None
+        self._supervisor: Any = None  # the Supervisor while run() runs with workers
 
     @property
     def connection_count(self) -> int:
@@ -124,6 +155,12 @@ class Server(Registrar):
         """Start serving on the running loop; returns once accepting connections."""
         if self._server is not None or self._stopping:
             raise RuntimeError("the server is already running (or was stopped)")
+        if self.workers > 1 and self._supervisor is None:
+            raise RuntimeError(
+                f"workers={self.workers}: serve with server.run(...) outside any event loop "
+                "(it forks the workers, then each runs a fresh loop); a process with a "
+                "running loop cannot be forked safely"
+            )
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._server = await loop.create_server(
@@ -169,6 +206,67 @@ class Server(Registrar):
             await self.start()
         return self
 
+    def run(
+        self,
+        *,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+        grace: float = 5.0,
+    ) -> None:
+        """Serve until stopped, blocking the calling thread (no loop may run in it).
+
+        Each process serves on a fresh loop from *loop_factory* (e.g.
+        ``uvloop.new_event_loop``; None: asyncio's, which follows an installed event loop
+        policy such as ``uvloop.install()``).  With ``workers > 1`` this forks the workers
+        (after binding; nothing else is started before), restarts any that dies and, when
+        called from the main thread, turns SIGTERM/SIGINT into a graceful stop: goaway,
+        in-flight calls finish within *grace* seconds, then every worker exits; a second
+        signal kills them.  Raises :class:`~rapidrpc.transport.workers.WorkerCrashLoop`
+        when workers keep dying at start.  With one worker SIGTERM stops gracefully the
+        same way and Ctrl-C stops at once (KeyboardInterrupt propagates).
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("run() blocks: call it outside a running event loop")
+        if self._server is not None or self._stopping or self._supervisor is not None:
+            raise RuntimeError("the server is already running (or was stopped)")
+        if self.workers == 1:
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(self._serve_until_signalled(grace))
+            return
+        from .transport.workers import Supervisor
+
+        self._supervisor = Supervisor(
+            self._sock,
+            self.workers,
+            lambda sock: _WorkerLoop(self, sock, loop_factory),
+            grace=grace,
+            backlog=self._backlog,
+        )
+        try:
+            self._supervisor.run()
+        finally:
+            self._stopping = True
+            self._sock.close()
+
+    async def _serve_until_signalled(self, grace: float) -> None:
+        """serve_forever, with SIGTERM as a graceful stop (main thread only)."""
+        loop = asyncio.get_running_loop()
+        watched = False
+        if threading.current_thread() is threading.main_thread():
+            try:
+                loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(self.stop(grace)))
+                watched = True
+            except (NotImplementedError, RuntimeError):  # no signals on this loop
+                pass
+        try:
+            await self.serve_forever()
+        finally:
+            if watched:
+                loop.remove_signal_handler(signal.SIGTERM)
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -180,6 +278,59 @@ class Server(Registrar):
     def __repr__(self) -> str:
         host, port = self.address[:2]
         return f"<rapidrpc.aio.Server {host}:{port} backend={self.backend}>"
+
+
+class _WorkerLoop:
+    """One worker of ``aio.Server(workers=N)``: the :class:`~rapidrpc.transport.workers.
+    LoopLike` the supervisor runs in each forked process.  It builds a fresh event loop
+    (after the fork), serves *sock* on it until :meth:`stop`, then closes the loop."""
+
+    def __init__(
+        self,
+        server: Server,
+        sock: socket.socket,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+    ) -> None:
+        self._server = server
+        self._factory = loop_factory
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # A stop request, as its grace.  No lock: stop() may run in a signal handler that
+        # interrupted this very thread; plain attribute reads and writes are atomic.
+        self._grace: float | None = None
+        server._sock = sock  # this process serves its own slot's socket
+
+    def run(self) -> None:
+        """Serve until stopped."""
+        with asyncio.Runner(loop_factory=self._factory) as runner:
+            self._loop = runner.get_loop()
+            try:
+                runner.run(self._serve())
+            finally:
+                self._loop = None
+
+    async def _serve(self) -> None:
+        server = self._server
+        await server.start()
+        grace = self._grace  # (set before the loop existed: no wake-up was sent)
+        if grace is not None:  # stopped before the loop ran
+            await server.stop(grace)
+        await server.serve_forever()
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop gracefully within *grace* seconds (thread- and signal-safe)."""
+        if self._grace is None or grace < self._grace:
+            self._grace = grace
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._stop_now)
+            except RuntimeError:  # the loop is closed: nothing left to stop
+                pass
+
+    def _stop_now(self) -> None:
+        grace = self._grace
+        if grace is not None and self._server._server is not None:
+            asyncio.get_running_loop().create_task(self._server.stop(grace))
 
 
 class Client:
