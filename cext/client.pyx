@@ -28,6 +28,7 @@ compiled twin does differently, for speed only:
   first would free it under the other -- a use-after-free found as a crash in the GC.
 """
 
+cimport cython
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
     PyBytes_CheckExact,
@@ -37,6 +38,18 @@ from cpython.bytes cimport (
 from cpython.dict cimport PyDict_Contains
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject_GenericGetAttr
+from cpython.pythread cimport (
+    NOWAIT_LOCK,
+    PY_LOCK_ACQUIRED,
+    PY_LOCK_INTR,
+    PyLockStatus,
+    PyThread_acquire_lock,
+    PyThread_allocate_lock,
+    PyThread_free_lock,
+    PyThread_release_lock,
+    PyThread_type_lock,
+)
 from libc.errno cimport EINTR, errno
 from libc.math cimport INFINITY, ceil
 from libc.stdint cimport uint32_t
@@ -65,15 +78,17 @@ from client_io cimport (
 import heapq
 import os
 import threading
+from types import SimpleNamespace as _FrameFields  # a reply's fields, for its error path
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 
+from rapidrpc.core.protocol import NotProcessed
 from rapidrpc.errors import ConnectionLost, DeadlineExceeded, ProtocolError
 
 from rapidrpc.transport._common import RECV_SIZE, SYNC, NotSent, copy_error
 from rapidrpc.wire import constants as _const
 
-__all__ = ["CallFuture", "ConnectionCore"]
+__all__ = ["CallFuture", "ConnectionCore", "Lock"]  # (+ MethodCall: compiled only, client.py)
 
 cdef extern from *:
     """
@@ -104,11 +119,14 @@ cdef Py_ssize_t C_ZERO_COPY_MIN = _const.ZERO_COPY_MIN_BODY
 cdef Py_ssize_t C_RECV_SIZE = RECV_SIZE
 # As in the pure twin: while async deadlines are pending the reader wakes this often, and
 # while a synchronous caller reads for everyone it checks deadlines this often.
+cdef double C_FRESH_IDLE = 1.0  # BlockingConnection.fresh's default *idle*
 cdef double C_ASYNC_SLICE = 0.02
 cdef double C_FOLLOW_SLICE = 0.05
 
 cdef object _MISSING = object()
-cdef object _BLOCKING = None  # rapidrpc.transport.blocking (imports this module: bound lazily)
+# Forks this process is away from the one that imported this module: the C twin of
+# blocking._fork_generation (both are bumped in the child), compared on every call.
+cdef unsigned long _forks = 0
 cdef object _heappush = heapq.heappush
 cdef object _heapify = heapq.heapify
 cdef object _SYNC = SYNC
@@ -121,6 +139,15 @@ cdef object _CANCELLED_AND_NOTIFIED = CANCELLED_AND_NOTIFIED
 # Python add one, it calls Future.__init__ instead (and so always takes the locked path).
 cdef bint _LAZY_CONDITION = set(vars(Future())) == {
     "_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks"}
+
+
+def _forked_child():
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked_child)
 
 
 # --- small C helpers --------------------------------------------------------------------------
@@ -175,6 +202,119 @@ cdef inline object _opt(double t):
 
 cdef object _os_error(int err):
     return OSError(err, os.strerror(err))
+
+
+cdef extern from "pythread.h":
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
+                                             int intr_flag) nogil
+
+
+# --- the lock ---------------------------------------------------------------------------------
+@cython.final
+cdef class Lock:
+    """A non-reentrant lock, ``threading.Lock``'s equal (``acquire(blocking=True,
+    timeout=-1)``, ``release()``, ``locked()``, context manager; ``threading.Condition``
+    takes it), which this core also takes and releases without a Python call.
+
+    Its connections' ``_state``, ``_send_lock`` and ``_read_lock`` are these: a sequential
+    call takes four of them, and a call to ``threading.Lock.acquire`` costs more than
+    routing the reply.  Waiting releases the GIL and lets signal handlers run, as
+    ``threading.Lock`` does.
+    """
+
+    cdef PyThread_type_lock _lock
+    cdef bint _held
+
+    def __cinit__(self):
+        self._lock = PyThread_allocate_lock()
+        if self._lock == NULL:
+            raise MemoryError("cannot allocate a lock")
+        self._held = False
+
+    def __dealloc__(self):
+        if self._lock != NULL:
+            if self._held:
+                PyThread_release_lock(self._lock)
+            PyThread_free_lock(self._lock)
+
+    cdef inline bint take(self) noexcept:
+        """Acquire without waiting (True when acquired); the GIL makes it atomic."""
+        if PyThread_acquire_lock(self._lock, NOWAIT_LOCK):
+            self._held = True
+            return True
+        return False
+
+    cdef inline void give(self) noexcept:
+        """Release (the caller holds it)."""
+        self._held = False
+        PyThread_release_lock(self._lock)
+
+    cdef int wait_take(self) except -1:
+        """Acquire, waiting as long as it takes (GIL released, signal handlers run)."""
+        cdef PyLockStatus status
+        if self.take():
+            return 0
+        while True:
+            with nogil:
+                status = PyThread_acquire_lock_timed(self._lock, -1, 1)
+            if status == PY_LOCK_ACQUIRED:
+                self._held = True
+                return 0
+            if PyErr_CheckSignals() < 0:  # (PY_LOCK_INTR: a signal arrived)
+                return -1
+
+    def acquire(self, blocking=True, timeout=-1):
+        """Acquire the lock; False when *blocking* is false or *timeout* (s) passed first."""
+        cdef PyLockStatus status
+        cdef double limit = timeout
+        cdef double end = 0.0
+        cdef long long micros
+        if not blocking:
+            if limit != -1:
+                raise ValueError("can't specify a timeout for a non-blocking call")
+            return self.take()
+        if limit < 0 and limit != -1:
+            raise ValueError("timeout value must be a non-negative number")
+        if self.take():
+            return True
+        if limit == -1:
+            self.wait_take()
+            return True
+        end = _now() + limit
+        while True:
+            micros = <long long>(limit * 1e6)
+            with nogil:
+                status = PyThread_acquire_lock_timed(self._lock, micros, 1)
+            if status == PY_LOCK_ACQUIRED:
+                self._held = True
+                return True
+            if status != PY_LOCK_INTR:
+                return False
+            if PyErr_CheckSignals() < 0:
+                raise
+            limit = end - _now()
+            if limit <= 0:
+                return self.take()
+
+    def release(self):
+        """Release the lock (RuntimeError when it is not held)."""
+        if not self._held:
+            raise RuntimeError("release unlocked lock")
+        self.give()
+
+    def locked(self):
+        """True while the lock is held."""
+        return self._held
+
+    def __enter__(self):
+        self.wait_take()
+        return True
+
+    def __exit__(self, exc_type, exc, tb):
+        self.give()
+
+    def __repr__(self):
+        return f"<{'locked' if self._held else 'unlocked'} rapidrpc client core Lock>"
 
 
 # --- futures ----------------------------------------------------------------------------------
@@ -311,7 +451,8 @@ cdef class ConnectionCore:
     # Set by BlockingConnection.__init__ (Python), read and written by both sides.
     cdef public object sock, proto, keepalive, error
     cdef public bint draining, _closed
-    cdef public object _state, _cond, _send_lock, _read_lock, _reader, _rpoll, _wpoll
+    cdef public Lock _state, _send_lock, _read_lock  # (the Lock above: see its docstring)
+    cdef public object _cond, _reader, _rpoll, _wpoll
     cdef public dict _results
     cdef public list _async_deadlines
     cdef public double _last_heard, _ping_sent, _busy_since, _recv_slice
@@ -332,16 +473,27 @@ cdef class ConnectionCore:
     cdef Py_ssize_t _backlog_off
     cdef Py_ssize_t _part         # set by _write_some: bytes of its next chunk already sent
     # Bound methods and protocol parts used on every call, looked up once.
-    cdef object _state_acquire, _state_release, _send_lock_acquire, _send_lock_release
-    cdef object _proto_feed, _dumps, _loads
+    cdef object _proto_feed, _dumps, _loads, _parser_skip
+    cdef Py_ssize_t _skipped      # bytes of replies _received routed past the frame parser
     cdef dict _loads_kw
     cdef object _max_rid
+    # proto.__dict__: the attributes of the protocol that every call reads and writes
+    # (_common.PROTOCOL_FIELDS), reached without attribute lookups.  They are plain instance
+    # attributes (tests/transport/test_client_core.py checks), so the dict is their storage.
+    cdef dict _pd
+    cdef unsigned long _forks_seen  # _forks when the connection was made
+    # The reading leader's own call (-1: none) and its outcome, which _feed hands over
+    # directly instead of through _results (see _wait).
+    cdef long long _lead
+    cdef object _lead_outcome
 
     def __cinit__(self, *args, **kwargs):
         self._buf = NULL
         self._fd = -1
         self._big = None
         self._backlog = []
+        self._lead = -1
+        self._forks_seen = _forks
 
     def __dealloc__(self):
         PyMem_Free(self._buf)
@@ -357,12 +509,11 @@ cdef class ConnectionCore:
         self._have = 0
         self._fd = self.sock.fileno()
         self._max_frame = self.proto.max_frame_size
-        self._state_acquire = self._state.acquire
-        self._state_release = self._state.release
-        self._send_lock_acquire = self._send_lock.acquire
-        self._send_lock_release = self._send_lock.release
         proto = self.proto
+        self._pd = proto.__dict__
         self._proto_feed = proto._feed
+        self._parser_skip = proto._parser.skip
+        self._skipped = 0
         self._dumps = proto._dumps
         self._loads = proto._loads
         self._loads_kw = proto._loads_kw
@@ -371,45 +522,66 @@ cdef class ConnectionCore:
 
     # --- calls --------------------------------------------------------------------------------
 
-    def fresh(self, double idle=1.0):
+    def fresh(self, double idle=C_FRESH_IDLE):
         """BlockingConnection.fresh, its fast half compiled (this runs before every call)."""
-        global _BLOCKING
-        if _BLOCKING is None:
-            from rapidrpc.transport import blocking as _BLOCKING
-        if (self.error is not None or self.draining
-                or self.proto._next_id > self._max_rid
-                or self._generation != _BLOCKING._fork_generation):
+        if not self._usable():
             return False
         if _now() - self._last_heard < idle:
             return True
         return self._refresh()
 
+    cdef inline bint _usable(self):
+        """BlockingConnection.usable (compiled)."""
+        return (self.error is None and not self.draining and self._forks_seen == _forks
+                and not self._pd["_next_id"] > self._max_rid)
+
     def call(self, method, args, kwargs, timeout):
         """Send a call and wait for its result (raises the remote error, or a local one)."""
+        return self._call(method, args, kwargs, timeout)
+
+    cdef object _call(self, object method, object args, object kwargs, object timeout):
         cdef double now = _now()
         cdef double deadline = INFINITY if timeout is None else now + <double>timeout
-        self._state_acquire()
+        cdef list out = None
+        cdef bint sender = False
+        self._state.wait_take()
         try:
             if self.error is not None:
                 raise NotSent(str(self.error))
             rid = self._queue_request(method, args, kwargs, _SYNC, timeout, now)
+            # The common case, no other thread sending: take the send lock and the output
+            # in this same hold of _state (what _flush would take two more holds for).
+            if not self._backlog and self._send_lock.take():
+                sender = True
+                out = self._pd["_out"]
+                if out:
+                    self._pd["_out"] = []
+                    self._pd["_out_size"] = 0
         finally:
-            self._state_release()
+            self._state.give()
         try:
-            self._flush(deadline, True)
+            if sender:
+                try:
+                    self._send_locked(deadline, True, out)
+                finally:
+                    self._send_lock.give()
+                if self.error is None and self._pd["_out_size"]:
+                    self._flush(deadline, True)  # queued by threads that found us sending
+            else:
+                self._flush(deadline, True)
         except DeadlineExceeded:
-            self._state_acquire()
+            self._state.wait_take()
             try:
                 self._results.pop(rid, None)
             finally:
-                self._state_release()
+                self._state.give()
             raise
         return self._wait(rid, deadline, method, timeout)
 
     def call_async(self, method, args, kwargs, timeout):
         """Send a call; return a Future completed by whichever thread reads its reply."""
         future = CallFuture(self)
-        self._state_acquire()
+        self._state.wait_take()
         try:
             if self.error is not None:
                 raise NotSent(str(self.error))
@@ -418,7 +590,7 @@ cdef class ConnectionCore:
             if timeout is not None:
                 self._push_deadline(_now() + <double>timeout, rid)
         finally:
-            self._state_release()
+            self._state.give()
         self._flush(INFINITY, True)
         if self._reader is None:
             self._ensure_reader()
@@ -429,13 +601,13 @@ cdef class ConnectionCore:
 
         Nothing is sent: the caller sends a batch with ``_send_queued``.
         """
-        self._state_acquire()
+        self._state.wait_take()
         try:
             if self.error is not None:
                 raise NotSent(str(self.error))
             return self._queue_request(method, args, kwargs, _SYNC, timeout, 0.0)
         finally:
-            self._state_release()
+            self._state.give()
 
     def collect(self, rid, deadline, method, timeout):
         """Wait for the reply of a ``submit``ted call (*deadline*: monotonic time or None)."""
@@ -444,13 +616,13 @@ cdef class ConnectionCore:
 
     def notify(self, method, args, kwargs):
         """Send a notification (no reply, no waiting)."""
-        self._state_acquire()
+        self._state.wait_take()
         try:
             if self.error is not None:
                 raise NotSent(str(self.error))
             self.proto.send_notification(method, args, kwargs)
         finally:
-            self._state_release()
+            self._state.give()
         self._flush(INFINITY, True)
 
     cdef object _queue_request(self, object method, object args, object kwargs, object token,
@@ -458,10 +630,12 @@ cdef class ConnectionCore:
         """``proto.send_request(method, args, kwargs, token, timeout)``, fused: the frame is
         built in one piece (under ``_state``; *now*: the clock if already read, else 0)."""
         cdef object proto = self.proto
-        cdef object body, frame
+        cdef dict pd = self._pd
+        cdef object body, frame, rid
         cdef Py_ssize_t n
-        cdef dict pending = proto._pending
-        if proto.error is not None or proto._next_id > self._max_rid:
+        cdef dict pending = pd["_pending"]
+        rid = pd["_next_id"]
+        if pd["error"] is not None or rid > self._max_rid:
             return proto.send_request(method, args, kwargs, token, timeout)  # (it raises)
         if timeout is not None:
             body = self._dumps((method, args, kwargs, {"timeout": timeout}))
@@ -470,17 +644,17 @@ cdef class ConnectionCore:
         else:
             body = self._dumps((method, args))
         n = PyBytes_GET_SIZE(body)
-        if n > proto.peer_max_frame_size:
+        if n > pd["peer_max_frame_size"]:
             proto._check_size(body)  # (it raises)
         if not pending:
             # Keepalive measures the server's silence from when a call became pending.
             self._busy_since = now if now else _now()
-        rid = proto._next_id
-        proto._next_id = rid + 1
-        proto.last_request_id = rid
+        pd["_next_id"] = rid + 1
+        pd["last_request_id"] = rid
         pending[rid] = token
-        if proto._sent < proto._peer_inflight and not proto._held:
-            proto._sent += 1
+        sent = pd["_sent"]
+        if sent < pd["_peer_inflight"] and not pd["_held"]:
+            pd["_sent"] = sent + 1
             if n >= C_ZERO_COPY_MIN:
                 proto._frame(C_KIND_REQUEST, rid, body)  # (header and body apart)
             else:
@@ -488,10 +662,10 @@ cdef class ConnectionCore:
                 _store_header(<unsigned char*>PyBytes_AS_STRING(frame), <uint32_t>n,
                               C_KIND_REQUEST, <uint32_t>rid)
                 memcpy(PyBytes_AS_STRING(frame) + _HDR, PyBytes_AS_STRING(body), n)
-                proto._out.append(frame)
-                proto._out_size += _HDR + n
+                (<list>pd["_out"]).append(frame)
+                pd["_out_size"] = pd["_out_size"] + (_HDR + n)
         else:
-            proto._held[rid] = body
+            (<dict>pd["_held"])[rid] = body
         return rid
 
     cdef int _push_deadline(self, double deadline, object rid) except -1:
@@ -515,30 +689,38 @@ cdef class ConnectionCore:
         connection; one that stalls past *deadline* raises DeadlineExceeded); without, the
         rest stays in ``_backlog`` for the reading threads (see the pure twin).
         """
-        while self._send_lock_acquire(False):
+        while self._send_lock.take():
             try:
                 self._send_locked(deadline, wait)
             finally:
-                self._send_lock_release()
+                self._send_lock.give()
             # Output queued meanwhile by threads that found the lock taken is ours to send.
-            if self.error is not None or not self.proto._out_size or self._backlog:
+            if self.error is not None or not self._pd["_out_size"] or self._backlog:
                 return 0
         return 0
 
-    cdef int _send_locked(self, double deadline, bint wait) except -1:
-        """Write the backlog, then the queued output (the caller holds the send lock)."""
-        cdef list out, chunks, backlog
+    cdef int _send_locked(self, double deadline, bint wait, list out=None) except -1:
+        """Write the backlog, then the queued output (the caller holds the send lock).
+
+        *out*: output the caller already took from the protocol, to write first.
+        """
+        cdef list chunks, backlog
         cdef Py_ssize_t off, done
+        cdef dict pd = self._pd
         while self.error is None:
-            proto = self.proto
-            self._state_acquire()
-            try:  # proto.take_output(), inlined
-                out = proto._out
-                if out:
-                    proto._out = []
-                    proto._out_size = 0
-            finally:
-                self._state_release()
+            if out is None:
+                if not pd["_out_size"] and not self._backlog:
+                    # Nothing to send (read without _state: a thread queueing output now
+                    # finds the send lock taken, and _flush looks again once it is free).
+                    return 0
+                self._state.wait_take()
+                try:  # proto.take_output(), inlined
+                    out = pd["_out"]
+                    if out:
+                        pd["_out"] = []
+                        pd["_out_size"] = 0
+                finally:
+                    self._state.give()
             backlog = self._backlog
             if backlog:
                 chunks = backlog + out if out else backlog
@@ -569,6 +751,7 @@ cdef class ConnectionCore:
                     raise DeadlineExceeded("deadline passed while sending the request") from exc
                 self._lost(ConnectionLost(f"{self._where()}: send failed: {exc}"))
                 return 0
+            out = None
         return 0
 
     cdef Py_ssize_t _write_some(self, list chunks, Py_ssize_t off) except -1:
@@ -635,26 +818,35 @@ cdef class ConnectionCore:
 
     cdef object _wait(self, object rid, double deadline, object method, object timeout):
         cdef dict results = self._results
-        cdef object read_lock = self._read_lock
+        cdef Lock read_lock = self._read_lock
         cdef object outcome = None
         cdef double wait
         while True:
-            if read_lock.acquire(False):
-                # Leader: read (routing everyone's replies) until ours is in.
+            if read_lock.take():
+                # Leader: read (routing everyone's replies) until ours is in.  _feed hands
+                # our own reply over in _lead_outcome, without _results and its lock.
+                self._lead = <long long>rid
                 try:
                     while rid not in results and self.error is None:
                         if deadline != INFINITY and _now() >= deadline:
                             break
                         self._read(deadline, INFINITY)
+                        if self._lead_outcome is not None:
+                            break
                 finally:
-                    read_lock.release()
+                    outcome = self._lead_outcome
+                    self._lead_outcome = None
+                    self._lead = -1
+                    read_lock.give()
                     if self._waiters:  # (read again under the lock below: no lost wakeup)
-                        self._state_acquire()
+                        self._state.wait_take()
                         try:
                             self._cond.notify_all()
                         finally:
-                            self._state_release()
-            self._state_acquire()
+                            self._state.give()
+                if outcome is not None:
+                    break
+            self._state.wait_take()
             try:
                 outcome = results.pop(rid, None)
                 if outcome is not None:
@@ -665,7 +857,7 @@ cdef class ConnectionCore:
                 if wait <= 0:
                     self.proto.cancel(rid)  # a late reply is then dropped as unknown
                     break
-                if read_lock.locked():
+                if read_lock._held:
                     # Follower: the leader routes our reply, or frees the lock, and wakes us.
                     self._waiters += 1
                     try:
@@ -673,7 +865,7 @@ cdef class ConnectionCore:
                     finally:
                         self._waiters -= 1
             finally:
-                self._state_release()
+                self._state.give()
         if outcome is None:
             self._flush(INFINITY, False)  # the cancel frame
             raise DeadlineExceeded(f"call {method!r} exceeded its deadline of {timeout}s")
@@ -705,7 +897,7 @@ cdef class ConnectionCore:
             return 0
         pfd.fd = fd
         pfd.revents = 0
-        if self._backlog and not self._send_lock.locked():
+        if self._backlog and not self._send_lock._held:
             # Our output waits for the socket to drain: write as it does, read meanwhile.
             pfd.events = POLLIN | POLLOUT
             if self._poll(&pfd, wait if wait < self._recv_slice else self._recv_slice) < 0:
@@ -785,7 +977,8 @@ cdef class ConnectionCore:
 
     cdef int _received(self, Py_ssize_t n) except -1:
         """*n* bytes arrived: feed the protocol every whole frame now complete."""
-        cdef object frame
+        cdef object frame, rid
+        cdef int kind
         cdef const unsigned char* p = <const unsigned char*>self._buf
         cdef Py_ssize_t pos = 0
         cdef Py_ssize_t have, avail
@@ -818,9 +1011,24 @@ cdef class ConnectionCore:
                 break
             pos += _HDR + length
         if pos:
-            frame = PyMemoryView_FromMemory(self._buf, pos, PyBUF_READ)
+            length = _load_u32(p)
+            if (pos == _HDR + <Py_ssize_t>length and p[5] == 0
+                    and (p[4] == C_KIND_RESPONSE or p[4] == C_KIND_ERROR)
+                    and _header_ok(p, _HDR, limit)):
+                # One reply, the sequential caller's case: routed without the frame
+                # parser and its Frame object.  Its header passed _header_ok, the parser's
+                # checks; the parser is told the bytes went by (_skipped), so the stream
+                # offsets its later errors name stay exact.
+                self._skipped += pos
+                frame = PyMemoryView_FromMemory(self._buf + _HDR, length, PyBUF_READ)
+                kind = p[4]
+                rid = _load_u32(p + 8)
+            else:
+                frame = PyMemoryView_FromMemory(self._buf, pos, PyBUF_READ)
+                kind = 0
+                rid = None
             try:
-                self._feed(frame)
+                self._feed(frame, kind, rid)
             finally:
                 frame = None  # (the view points into _buf, which moves now)
                 memmove(self._buf, self._buf + pos, have - pos)
@@ -834,8 +1042,12 @@ cdef class ConnectionCore:
             self._have = 0
         return 0
 
-    cdef int _feed(self, object data) except -1:
-        """Hand whole frames to the protocol; route the replies they complete."""
+    cdef int _feed(self, object data, int kind=0, object rid=None) except -1:
+        """Hand whole frames to the protocol; route the replies they complete.
+
+        With *kind*, *data* is the body of one reply frame (*kind* response or error, for
+        request *rid*) that _received cut out and checked itself.
+        """
         cdef list replies = []
         cdef list futures = None
         cdef tuple reply
@@ -844,10 +1056,13 @@ cdef class ConnectionCore:
         cdef dict results = self._results
         cdef dict pending
         proto = self.proto
-        self._state_acquire()
+        self._state.wait_take()
         try:
             try:
-                self._take_replies(data, replies)
+                if kind:
+                    self._take_reply(kind, rid, data, replies)
+                else:
+                    self._take_replies(data, replies)
             except ProtocolError as exc:
                 # As the protocol does: those calls fail with the rest of the connection.
                 pending = proto._pending
@@ -858,22 +1073,26 @@ cdef class ConnectionCore:
                 error.__cause__ = exc
             for reply in replies:
                 if reply[2] is _SYNC:
-                    results[reply[1]] = (reply[0], reply[3])
+                    if self._lead >= 0 and <long long>reply[1] == self._lead:
+                        self._lead_outcome = (reply[0], reply[3])
+                    else:
+                        results[reply[1]] = (reply[0], reply[3])
                 else:
                     if futures is None:
                         futures = []
                     futures.append(reply)
             if results and self._waiters:
                 self._cond.notify_all()
-            idle_draining = (self.draining or proto._next_id > self._max_rid) and not proto._pending
+            idle_draining = (
+                (self.draining or self._pd["_next_id"] > self._max_rid) and not self._pd["_pending"])
         finally:
-            self._state_release()
+            self._state.give()
         if futures is not None:
             self._settle_all(futures)
         if error is not None:
             self._lost(error)
             return 0
-        if proto._out_size:
+        if self._pd["_out_size"]:
             self._flush(INFINITY, False)
         if idle_draining:
             self._lost(ConnectionLost(f"{self._where()}: connection retired"))
@@ -883,37 +1102,19 @@ cdef class ConnectionCore:
         """``proto.receive_data(data)``, fused: append ``(kind, rid, token, value)`` for
         each reply (under ``_state``).  Frames other than replies go to the protocol."""
         cdef object proto = self.proto
-        cdef list frames = self._proto_feed(data)
-        cdef dict pending = proto._pending
+        cdef list frames
         cdef list events
         cdef tuple event
-        cdef object frame, rid, token, value
+        cdef object frame
         cdef int kind
+        if self._skipped:  # (see _received: bytes of replies taken without the parser)
+            self._parser_skip(self._skipped)
+            self._skipped = 0
+        frames = self._proto_feed(data)
         for frame in frames:
             kind = frame.kind
             if kind == C_KIND_RESPONSE or kind == C_KIND_ERROR:
-                rid = frame.request_id
-                token = pending.pop(rid, _MISSING)
-                if token is _MISSING:
-                    proto.dropped_replies += 1
-                    continue
-                proto._sent -= 1
-                try:
-                    if self._loads_kw:
-                        value = self._loads(frame.body, **self._loads_kw)
-                    else:
-                        value = self._loads(frame.body)
-                    if kind == C_KIND_ERROR:
-                        value = proto._remote_error(value)
-                except (ValueError, TypeError, ProtocolError):
-                    pending[rid] = token  # (the protocol's own decode fails it, and raises)
-                    value = proto._decode(frame)
-                    if kind == C_KIND_ERROR:
-                        proto._remote_error(value)
-                    raise
-                replies.append((kind, rid, token, value))
-                if proto._held:
-                    proto._release_held()
+                self._take_reply(kind, frame.request_id, frame.body, replies)
             elif kind in C_CONNECTION_KINDS:
                 events = []
                 proto._connection_frame(frame, events)
@@ -927,6 +1128,36 @@ cdef class ConnectionCore:
                 raise proto.unexpected_frame(frame)
         return 0
 
+    cdef int _take_reply(self, int kind, object rid, object body, list replies) except -1:
+        """One response or error frame: append ``(kind, rid, token, value)`` to *replies*
+        (or count it dropped when *rid* is not pending).  Under ``_state``."""
+        cdef object proto = self.proto
+        cdef dict pd = self._pd
+        cdef dict pending = pd["_pending"]
+        cdef object token = pending.pop(rid, _MISSING)
+        if token is _MISSING:
+            proto.dropped_replies += 1
+            return 0
+        pd["_sent"] = pd["_sent"] - 1
+        try:
+            if self._loads_kw:
+                value = self._loads(body, **self._loads_kw)
+            else:
+                value = self._loads(body)
+            if kind == C_KIND_ERROR:
+                value = proto._remote_error(value)
+        except (ValueError, TypeError, ProtocolError):
+            pending[rid] = token  # (the protocol's own decode fails it, and raises)
+            frame = _FrameFields(kind=kind, request_id=rid, body=body)
+            value = proto._decode(frame)
+            if kind == C_KIND_ERROR:
+                proto._remote_error(value)
+            raise
+        replies.append((kind, rid, token, value))
+        if pd["_held"]:
+            proto._release_held()
+        return 0
+
     cdef int _settle_all(self, list events) except -1:
         """Complete the futures of reply *events*, then send what their callbacks queued.
 
@@ -935,7 +1166,7 @@ cdef class ConnectionCore:
         in the write below (see the pure twin).
         """
         cdef tuple event
-        cdef bint owner = self._send_lock_acquire(False)
+        cdef bint owner = self._send_lock.take()
         try:
             for event in events:
                 _settle(event[2], event[0], event[3])
@@ -945,7 +1176,7 @@ cdef class ConnectionCore:
                 self._send_locked(INFINITY, False)
         finally:
             if owner:
-                self._send_lock_release()
+                self._send_lock.give()
         return 0
 
     # --- async reader thread ------------------------------------------------------------------
@@ -953,7 +1184,7 @@ cdef class ConnectionCore:
     def _reader_loop(self):
         """Body of the reader thread started by the first ``call_async``."""
         cdef list heap = self._async_deadlines
-        cdef object read_lock = self._read_lock
+        cdef Lock read_lock = self._read_lock
         cdef double deadline
         while self.error is None:
             deadline = INFINITY
@@ -962,30 +1193,64 @@ cdef class ConnectionCore:
                 if deadline <= _now():
                     nxt = self._expire_async()
                     deadline = INFINITY if nxt is None else <double>nxt
-            if not read_lock.acquire(False):
+            if not read_lock.take():
                 # A synchronous caller is reading for everyone: wait like its followers.
                 # (Never a blocking acquire of the read lock: a thread that got one would
                 # hold it while its locked() flag still says False, until it runs again.)
-                self._state_acquire()
+                self._state.wait_take()
                 try:
-                    if read_lock.locked():
+                    if read_lock._held:
                         self._waiters += 1
                         try:
                             self._cond.wait(C_FOLLOW_SLICE)
                         finally:
                             self._waiters -= 1
                 finally:
-                    self._state_release()
+                    self._state.give()
                 continue
             try:
                 # With async deadlines pending, wake often enough to expire a call that
                 # was submitted (with an earlier deadline) while we were already waiting.
                 self._read(deadline, INFINITY if deadline == INFINITY else C_ASYNC_SLICE)
             finally:
-                read_lock.release()
+                read_lock.give()
                 if self._waiters:
-                    self._state_acquire()
+                    self._state.wait_take()
                     try:
                         self._cond.notify_all()
                     finally:
-                        self._state_release()
+                        self._state.give()
+
+
+# --- the method proxy's call ------------------------------------------------------------------
+cdef class MethodCall:
+    """``client.name(...)`` of the blocking Client, compiled (the base of the method proxy
+    client.py builds for this core).
+
+    A call on a connection that is usable and was heard from within the last second goes
+    straight to the core; every other case (no connection yet, an idle or unusable one, a
+    method named in ``idempotent_methods``, which may be retried) takes ``Client._invoke``,
+    as the Python proxy always does.  A call that never ran (NotSent, NotProcessed) goes
+    once more through ``Client._resend``, as from ``_invoke``.
+    """
+
+    cdef public object _client
+    cdef public object _name
+
+    def __call__(self, *args, **kwargs):
+        cdef object client = self._client
+        cdef object name = self._name
+        # (PyObject_GenericGetAttr: Client's own attributes, without the detour through
+        # the class's __getattr__ hook that a plain lookup takes on a class defining one.)
+        cdef object conn = PyObject_GenericGetAttr(client, "_conn")
+        cdef ConnectionCore core
+        if isinstance(conn, ConnectionCore):
+            core = <ConnectionCore>conn
+            if (core._usable() and _now() - core._last_heard < C_FRESH_IDLE
+                    and name not in PyObject_GenericGetAttr(client, "idempotent_methods")):
+                timeout = PyObject_GenericGetAttr(client, "timeout")
+                try:
+                    return core._call(name, args, kwargs or None, timeout)
+                except (NotSent, NotProcessed):
+                    return client._resend(name, args, kwargs, timeout)
+        return client._invoke(name, args, kwargs, None)

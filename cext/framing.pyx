@@ -394,6 +394,24 @@ cdef class FrameParser:
             self._busy = False
             PyBuffer_Release(&view)
 
+    def skip(self, n):
+        """Count *n* bytes of whole frames that the caller took out of the stream itself.
+
+        For a driver that handles some frames without the parser (the compiled client
+        routes a lone reply this way): the stream offsets named by later errors then still
+        count every byte.  Only between frames: RuntimeError while a preface, header or
+        body is partly fed (or ``feed`` runs); ValueError when *n* is negative; FrameError
+        once the parser failed.
+        """
+        cdef long long count = _as_ll(n)
+        if self._busy or self._state != ST_HEADER or self._hdr_len:
+            if self._state == ST_FAILED:
+                raise FrameError(_text.poisoned(self._error))
+            raise RuntimeError(_text.skip_mid_frame())
+        if count < 0:
+            raise ValueError(_text.negative_skip(PyNumber_Index(n)))
+        self._consumed += <uint64_t>count
+
     def feed_in_place(self, data):
         """Cut every whole frame out of *data*, keeping nothing: return ``(frames, used)``.
 

@@ -95,12 +95,23 @@ class _MethodProxy:
     def __getattr__(self, attr: str) -> _MethodProxy:
         if attr.startswith("_"):
             raise AttributeError(attr)
-        proxy = _MethodProxy(self._client, f"{self._name}.{attr}")
+        proxy = type(self)(self._client, f"{self._name}.{attr}")
         self.__dict__[attr] = proxy  # cached: the next access is a plain attribute lookup
         return proxy
 
     def __repr__(self) -> str:
         return f"<remote method {self._name!r} of {self._client!r}>"
+
+
+_PROXIES: dict[str, type[_MethodProxy]] = {"python": _MethodProxy}
+
+if "cython" in blocking.CORES:
+
+    class _CompiledMethodProxy(blocking.CORES["cython"].MethodCall, _MethodProxy):  # type: ignore[misc,name-defined]
+        """The blocking Client's method proxy with the compiled core: its ``__call__`` is
+        compiled (cext/client.pyx ``MethodCall``), the rest is :class:`_MethodProxy`."""
+
+    _PROXIES["cython"] = _CompiledMethodProxy
 
 
 class Client:
@@ -147,6 +158,7 @@ class Client:
         self._connect_error = ""
         self._serializer, self._framing = wire_modules(backend)
         self._conn_class = blocking.connection_class(resolve_backend(backend))
+        self._proxy_class = _PROXIES[resolve_backend(backend)]
         self._conn_kw = {
             "connect_timeout": connect_timeout,
             "max_frame_size": max_frame_size,
@@ -230,9 +242,14 @@ class Client:
         try:
             return conn.call(name, args, kwargs or None, timeout)
         except (NotSent, NotProcessed):
-            # Nothing ran: the connection died before our request was queued, or the
-            # server's goaway says it never processed it.  Safe to try a new connection.
-            return self._connection().call(name, args, kwargs or None, timeout)
+            return self._resend(name, args, kwargs, timeout)
+
+    def _resend(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        # Nothing ran: the connection died before our request was queued, or the server's
+        # goaway says it never processed it.  Safe to try once more on a new connection.
+        return self._connection().call(name, args, kwargs or None, timeout)
 
     def call(self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call remote method *name* and return its result.
@@ -299,7 +316,7 @@ class Client:
     def __getattr__(self, name: str) -> _MethodProxy:
         if name.startswith("_"):
             raise AttributeError(name)
-        proxy = _MethodProxy(self, name)
+        proxy = self._proxy_class(self, name)
         self.__dict__[name] = proxy
         return proxy
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -26,7 +28,7 @@ import rapidrpc
 from rapidrpc import DeadlineExceeded, RemoteError, StatusCode
 from rapidrpc.core.protocol import ServerConnection
 from rapidrpc.transport import _client_py, blocking
-from rapidrpc.transport._common import CORE_API, CORE_METHODS
+from rapidrpc.transport._common import CORE_API, CORE_METHODS, PROTOCOL_FIELDS
 from rapidrpc.wire import constants as C
 from testsupport import load_backend
 
@@ -39,6 +41,21 @@ def test_both_cores_export_the_same_api(backend_name) -> None:
     for name in CORE_METHODS:  # defined by the core itself, not inherited
         assert name in vars(core.ConnectionCore), f"{backend_name} core lacks {name}"
     assert issubclass(core.CallFuture, Future)
+
+
+def test_protocol_fields_the_compiled_core_reaches_are_plain_attributes(
+    make_server, make_client
+) -> None:
+    """The compiled core reads and writes these through the protocol's ``__dict__``."""
+    server = make_server()
+    server.register(lambda: 1, name="one")
+    client = make_client(server)
+    assert client.one() == 1
+    proto = client._conn.proto
+    for name in PROTOCOL_FIELDS:
+        assert name in vars(proto), name
+        assert not hasattr(type(proto), name), f"{name} is also a class attribute"
+    assert "__slots__" not in vars(type(proto))
 
 
 def test_each_backend_uses_its_own_core(make_server, make_client, backend_name) -> None:
@@ -498,3 +515,204 @@ def test_a_bad_frame_fails_every_call_of_its_batch(scripted_server, make_client,
     for future in futures:
         with pytest.raises(rapidrpc.ConnectionLost, match=message):
             future.result(5)
+
+
+# --- a lone reply (the sequential path) --------------------------------------------------------
+
+
+def _lone_script(answers):
+    """Answer request i with the raw frame ``answers[i](w, rid)``; record stream offsets.
+
+    ``script.offsets[i]``: the stream offset (from the server's first byte) of answer i.
+    """
+
+    def script(server, sock, proto) -> None:
+        sock.settimeout(5)
+        while not proto.handshake_complete:
+            data = sock.recv(65536)
+            if not data:
+                return
+            server.events += proto.receive_data(data)
+        hello = proto.data_to_send()
+        sock.sendall(hello)
+        offset = len(hello)
+        w = wire_of(server.backend_name)
+        queue = list(answers)
+        while queue:
+            data = sock.recv(65536)
+            if not data:
+                return
+            for event in proto.receive_data(data):
+                if event[0] == C.KIND_REQUEST and queue:
+                    frame = queue.pop(0)(w, event[1])
+                    script.offsets.append(offset)
+                    offset += len(frame)
+                    sock.sendall(frame)
+        server.read_events(sock, proto, 2.0)
+
+    script.offsets = []
+    return script
+
+
+def _answer(kind: int, value: Any = None, raw: bytes | None = None):
+    def make(w: dict[str, Any], rid: int) -> bytes:
+        body = raw if raw is not None else w["serializer"].dumps(value)
+        return w["framing"].encode_frame(kind, rid, body)
+
+    return make
+
+
+def test_error_offsets_count_the_replies_before(scripted_server, make_client) -> None:
+    """The compiled core routes a lone reply without the frame parser (and tells it the
+    bytes went by): a later protocol error still names the exact stream offset."""
+    bad_kind = lambda w, rid: struct.pack(">IBBHI", 1, 99, 0, 0, rid) + b"\xc0"  # noqa: E731
+    answers = [_answer(C.KIND_RESPONSE, i) for i in range(3)] + [bad_kind]
+    script = _lone_script(answers)
+    server = scripted_server(script)
+    client = make_client(server.address, timeout=5)
+    assert [client.f() for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(rapidrpc.ConnectionLost) as info:
+        client.f()
+    assert f"stream offset {script.offsets[3]}:" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (_answer(C.KIND_RESPONSE, raw=b"\xc1"), "undecodable response body (request id 2)"),
+        (_answer(C.KIND_RESPONSE, raw=b"\x92\x01"), "undecodable response body (request id 2)"),
+        (_answer(C.KIND_ERROR, ["not", "an", "error"]), "malformed error body"),
+        (_answer(C.KIND_REQUEST, ["f", []]), "a server may not send request frames"),
+    ],
+)
+def test_a_bad_lone_reply_fails_its_call(scripted_server, make_client, bad, message) -> None:
+    """After a good reply, a bad one: its call fails with the protocol's own error."""
+    server = scripted_server(_lone_script([_answer(C.KIND_RESPONSE, "good"), bad]))
+    client = make_client(server.address, timeout=5)
+    assert client.f() == "good"
+    with pytest.raises(rapidrpc.ConnectionLost, match=re.escape(message)):
+        client.f()
+    assert client.f() == "good"  # only that connection was lost: the next call reconnects
+    assert server.connections == 2
+
+
+# --- the method proxy ---------------------------------------------------------------------------
+
+
+def test_method_proxies_take_the_backends_fast_path(make_server, make_client, backend_name):
+    server = make_server()
+    server.register(lambda a, b: a + b, name="calc.add")
+    server.register(lambda **kw: sorted(kw), name="keys")
+    client = make_client(server)
+    proxy = client.calc.add
+    assert type(client.calc) is type(proxy)
+    assert isinstance(proxy, rapidrpc.client._MethodProxy)
+    if backend_name == "cython":
+        assert isinstance(proxy, blocking.CORES["cython"].MethodCall)
+    else:
+        assert type(proxy) is rapidrpc.client._MethodProxy
+    assert proxy(1, 2) == 3
+    assert client.keys(b=1, a=2) == ["a", "b"]
+    assert repr(proxy).startswith("<remote method 'calc.add'")
+    with pytest.raises(AttributeError):
+        client.calc._private  # noqa: B018
+
+
+def test_method_proxy_retries_idempotent_methods(make_server, make_client, monkeypatch):
+    """The compiled proxy leaves idempotent methods to Client._invoke, which retries."""
+    server = make_server()
+    server.register(lambda: "ok", name="ping")
+    client = make_client(server, idempotent_methods=["ping"])
+    assert client.ping() == "ok"
+    calls = []
+    real = type(client._conn).call
+
+    def flaky(self, *args):
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise rapidrpc.ConnectionLost("lost once")
+        return real(self, *args)
+
+    monkeypatch.setattr(type(client._conn), "call", flaky)
+    assert client.ping() == "ok"
+    assert calls == ["ping", "ping"]
+
+
+def test_method_proxy_resends_a_call_the_server_never_processed(scripted_server, make_client):
+    """A goaway saying the call was not processed: the proxy sends it once more on a new
+    connection (as Client._invoke does), and only then."""
+
+    def script(server, sock, proto) -> None:
+        server.handshake(sock, proto)
+        w = wire_of(server.backend_name)
+        first = server.connections == 1
+        sock.settimeout(5)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            for event in proto.receive_data(data):
+                if event[0] != C.KIND_REQUEST:
+                    continue
+                if first:  # "nothing above request id 0 will be processed"
+                    body = w["serializer"].dumps([0, 0, "restarting"])
+                    sock.sendall(w["framing"].encode_frame(C.KIND_GOAWAY, 0, body))
+                    return
+                reply = w["serializer"].dumps(server.connections)
+                sock.sendall(w["framing"].encode_frame(C.KIND_RESPONSE, event[1], reply))
+
+    server = scripted_server(script)
+    client = make_client(server.address, timeout=5)
+    client._connection()  # connected and fresh: the call takes the proxy's fast path
+    assert client.which() == 2
+    assert server.connections == 2
+
+
+# --- the core's lock ----------------------------------------------------------------------------
+
+
+def test_core_lock_behaves_like_threading_lock(backend_name) -> None:
+    Lock = blocking.CORES[backend_name].Lock
+    lock = Lock()
+    assert not lock.locked()
+    assert lock.acquire() is True and lock.locked()
+    assert lock.acquire(False) is False
+    assert lock.acquire(blocking=False) is False
+    start = time.monotonic()
+    assert lock.acquire(timeout=0.05) is False
+    assert time.monotonic() - start >= 0.04
+    with pytest.raises(ValueError):
+        lock.acquire(False, 1)
+    with pytest.raises(ValueError):
+        lock.acquire(timeout=-2)
+    lock.release()
+    with pytest.raises(RuntimeError):
+        lock.release()
+    with lock:
+        assert lock.locked()
+    assert not lock.locked()
+    # Another thread releases what this one acquired (a Lock, not an RLock), and wakes us.
+    lock.acquire()
+    threading.Timer(0.05, lock.release).start()
+    assert lock.acquire(timeout=5) is True
+    lock.release()
+
+
+def test_core_lock_serves_a_condition(backend_name) -> None:
+    Lock = blocking.CORES[backend_name].Lock
+    lock = Lock()
+    cond = threading.Condition(lock)
+    box: list[int] = []
+
+    def producer() -> None:
+        for i in range(100):
+            with cond:
+                box.append(i)
+                cond.notify_all()
+
+    thread = threading.Thread(target=producer)
+    with cond:
+        thread.start()
+        assert cond.wait_for(lambda: len(box) == 100, timeout=10)
+    thread.join(10)
+    assert not thread.is_alive() and not lock.locked()

@@ -433,3 +433,41 @@ def test_backends_agree_on_encode_errors(both, kind, request_id, flags, body):
         except (TypeError, ValueError) as exc:
             outcomes.append((type(exc), str(exc) if isinstance(exc, FrameError) else ""))
     assert outcomes[0] == outcomes[1]
+
+
+def test_skip_counts_bytes_the_caller_took_in_later_error_offsets(backend):
+    """skip(n): frames a driver handled itself still count in the offsets errors name."""
+    fr = backend.framing
+    frame = fr.encode_frame(2, 1, b"\xc0")
+    parser = fr.FrameParser()
+    assert len(parser.feed(fr.PREFACE + frame)) == 1
+    parser.skip(len(frame) * 2)  # two frames went by without the parser
+    parser.skip(0)
+    at = len(fr.PREFACE) + 3 * len(frame)
+    with pytest.raises(FrameError, match=f"stream offset {at}:"):
+        parser.feed(b"\x00\x00\x00\x01\x63" + b"\x00" * 7)  # kind 99: no such kind
+
+
+def test_skip_only_between_frames(backend):
+    fr = backend.framing
+    data = fr.encode_frame(2, 1, b"x" * 100)
+    parser = fr.FrameParser()
+    with pytest.raises(RuntimeError, match="between frames"):
+        parser.skip(1)  # the preface has not arrived
+    parser = fr.FrameParser(expect_preface=False)
+    with pytest.raises(ValueError, match=">= 0"):
+        parser.skip(-1)
+    with pytest.raises(TypeError):
+        parser.skip(1.5)
+    parser.feed(data[:5])
+    with pytest.raises(RuntimeError, match="between frames"):
+        parser.skip(1)  # part of a header
+    parser.feed(data[5:20])
+    with pytest.raises(RuntimeError, match="between frames"):
+        parser.skip(1)  # part of a body
+    assert len(parser.feed(data[20:])) == 1
+    parser.skip(1)
+    with pytest.raises(FrameError):
+        parser.feed(b"\x00\x00\x00\x00" + b"\x00" * 8)
+    with pytest.raises(FrameError, match="unusable"):
+        parser.skip(1)

@@ -29,6 +29,7 @@ import math
 import os
 import select
 import socket
+import threading
 from concurrent.futures import Future
 from time import monotonic
 from typing import Any
@@ -37,7 +38,11 @@ from ..errors import ConnectionLost, DeadlineExceeded, ProtocolError
 from ..wire import constants as C
 from ._common import RECV_SIZE, SYNC, NotSent, copy_error, settle, unwrap
 
-__all__ = ["CallFuture", "ConnectionCore"]
+__all__ = ["CallFuture", "ConnectionCore", "Lock"]
+
+#: The lock type of this core's connections (``_state``, ``_send_lock``, ``_read_lock``);
+#: the compiled core has its own, which it takes without a Python call.
+Lock = threading.Lock
 
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _KIND_RESPONSE = C.KIND_RESPONSE

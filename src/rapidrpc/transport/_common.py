@@ -15,6 +15,7 @@ from ..wire import constants as C
 __all__ = [
     "CORE_API",
     "CORE_METHODS",
+    "PROTOCOL_FIELDS",
     "RECV_SIZE",
     "RECV_SLICE",
     "SYNC",
@@ -26,7 +27,7 @@ __all__ = [
 
 #: What each client core module exports, and the methods its ConnectionCore defines
 #: (BlockingConnection and the Client rely on exactly these; a test checks both cores).
-CORE_API = ("CallFuture", "ConnectionCore")
+CORE_API = ("CallFuture", "ConnectionCore", "Lock")
 CORE_METHODS = (
     "_core_init",
     "_read_once",
@@ -37,6 +38,22 @@ CORE_METHODS = (
     "collect",
     "notify",
     "submit",
+)
+
+#: The ClientConnection attributes the compiled core reads and writes through the
+#: protocol's instance ``__dict__`` on every call (no attribute lookup): they must stay
+#: plain instance attributes, never properties or slots (a test checks).
+PROTOCOL_FIELDS = (
+    "_held",
+    "_next_id",
+    "_out",
+    "_out_size",
+    "_peer_inflight",
+    "_pending",
+    "_sent",
+    "error",
+    "last_request_id",
+    "peer_max_frame_size",
 )
 
 #: Size of the reusable receive buffer (also the largest single recv).

@@ -33,7 +33,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -85,6 +85,8 @@ class BlockingConnection(_client_py.ConnectionCore):
 
     #: The last request id used before a fresh connection is opened (tests lower it).
     MAX_REQUEST_ID = C.MAX_REQUEST_ID
+    #: The lock type of _state, _send_lock and _read_lock: the core's own.
+    _Lock: Callable[[], Any] = _client_py.Lock
 
     def __init__(
         self,
@@ -105,10 +107,11 @@ class BlockingConnection(_client_py.ConnectionCore):
             max_frame_size=max_frame_size,
             max_request_id=self.MAX_REQUEST_ID,
         )
-        self._state = threading.Lock()
+        lock = self._Lock
+        self._state = lock()
         self._cond = threading.Condition(self._state)
-        self._send_lock = threading.Lock()
-        self._read_lock = threading.Lock()
+        self._send_lock = lock()
+        self._read_lock = lock()
         self._results: dict[int, tuple[int, Any]] = {}
         # Calls of map_calls generators dropped while _state was taken (see _abandon).
         self._abandoned: collections.deque[int] = collections.deque()
@@ -475,6 +478,8 @@ if "cython" in CORES:
 
     class CompiledBlockingConnection(CORES["cython"].ConnectionCore, BlockingConnection):  # type: ignore[misc,name-defined]
         """BlockingConnection whose hot paths come from the compiled client core."""
+
+        _Lock = CORES["cython"].Lock
 
     _CLASSES["cython"] = CompiledBlockingConnection
 

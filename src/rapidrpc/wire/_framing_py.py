@@ -277,6 +277,24 @@ class FrameParser:
                 finally:
                     self._busy = False
 
+    def skip(self, n: int) -> None:
+        """Count *n* bytes of whole frames that the caller took out of the stream itself.
+
+        For a driver that handles some frames without the parser (the compiled client
+        routes a lone reply this way): the stream offsets named by later errors then still
+        count every byte.  Only between frames: RuntimeError while a preface, header or
+        body is partly fed (or ``feed`` runs); ValueError when *n* is negative; FrameError
+        once the parser failed.
+        """
+        n = index(n)
+        if self._busy or self._state != _ST_HEADER or self._hdr:
+            if self._state == _ST_FAILED:
+                raise FrameError(_text.poisoned(self._error))
+            raise RuntimeError(_text.skip_mid_frame())
+        if n < 0:
+            raise ValueError(_text.negative_skip(n))
+        self._consumed += n
+
     def feed_in_place(self, data: Any) -> tuple[list[Frame], int]:
         """Cut every whole frame out of *data*, keeping nothing: return ``(frames, used)``.
 

@@ -128,6 +128,16 @@ def reentered() -> str:
     return "FrameParser.feed() re-entered while it is already running on the same parser"
 
 
+def skip_mid_frame() -> str:
+    """skip() was called while the parser holds part of a preface, header or body."""
+    return "FrameParser.skip() called while the parser holds part of a frame: only between frames"
+
+
+def negative_skip(n: int) -> str:
+    """skip() was given a negative count."""
+    return f"FrameParser.skip() takes a byte count >= 0, got {n}"
+
+
 def mixed_in_place() -> str:
     """feed_in_place() was called while feed() holds part of a frame."""
     return (
