@@ -481,6 +481,11 @@ cdef class ConnectionCore:
     # (_common.PROTOCOL_FIELDS), reached without attribute lookups.  They are plain instance
     # attributes (tests/transport/test_client_core.py checks), so the dict is their storage.
     cdef dict _pd
+    # proto._pending and proto._held: the same objects for the protocol's life.
+    cdef dict _pending, _held
+    # proto.peer_max_frame_size and proto._peer_inflight, copied (see _settings_changed).
+    cdef object _peer_max, _peer_inflight
+    cdef object _direct           # a request frame _queue_request left for its caller
     cdef unsigned long _forks_seen  # _forks when the connection was made
     # The reading leader's own call (-1: none) and its outcome, which _feed hands over
     # directly instead of through _results (see _wait).
@@ -511,6 +516,10 @@ cdef class ConnectionCore:
         self._max_frame = self.proto.max_frame_size
         proto = self.proto
         self._pd = proto.__dict__
+        self._pending = proto._pending
+        self._held = proto._held
+        self._settings_changed()
+        self._direct = None
         self._proto_feed = proto._feed
         self._parser_skip = proto._parser.skip
         self._skipped = 0
@@ -544,19 +553,33 @@ cdef class ConnectionCore:
         cdef double deadline = INFINITY if timeout is None else now + <double>timeout
         cdef list out = None
         cdef bint sender = False
+        cdef object frame
         self._state.wait_take()
         try:
             if self.error is not None:
                 raise NotSent(str(self.error))
-            rid = self._queue_request(method, args, kwargs, _SYNC, timeout, now)
-            # The common case, no other thread sending: take the send lock and the output
-            # in this same hold of _state (what _flush would take two more holds for).
-            if not self._backlog and self._send_lock.take():
-                sender = True
+            # The common case, no other thread sending: take the send lock, and with it
+            # our frame (not queued: see _queue_request) and any queued output, in this
+            # same hold of _state (what _flush would take two more holds for).
+            sender = not self._backlog and self._send_lock.take()
+            try:
+                rid = self._queue_request(method, args, kwargs, _SYNC, timeout, now, sender)
+            except BaseException:
+                if sender:
+                    self._send_lock.give()
+                raise
+            if sender:
                 out = self._pd["_out"]
                 if out:
                     self._pd["_out"] = []
                     self._pd["_out_size"] = 0
+                frame = self._direct
+                if frame is not None:
+                    self._direct = None
+                    if out:
+                        out.append(frame)
+                    else:
+                        out = [frame]
         finally:
             self._state.give()
         try:
@@ -626,14 +649,18 @@ cdef class ConnectionCore:
         self._flush(INFINITY, True)
 
     cdef object _queue_request(self, object method, object args, object kwargs, object token,
-                               object timeout, double now):
+                               object timeout, double now, bint direct=False):
         """``proto.send_request(method, args, kwargs, token, timeout)``, fused: the frame is
-        built in one piece (under ``_state``; *now*: the clock if already read, else 0)."""
+        built in one piece (under ``_state``; *now*: the clock if already read, else 0).
+
+        *direct*: the caller holds the send lock and sends the frame itself: a frame built
+        here is left in ``_direct`` instead of the protocol's output queue.
+        """
         cdef object proto = self.proto
         cdef dict pd = self._pd
         cdef object body, frame, rid
         cdef Py_ssize_t n
-        cdef dict pending = pd["_pending"]
+        cdef dict pending = self._pending
         rid = pd["_next_id"]
         if pd["error"] is not None or rid > self._max_rid:
             return proto.send_request(method, args, kwargs, token, timeout)  # (it raises)
@@ -644,7 +671,7 @@ cdef class ConnectionCore:
         else:
             body = self._dumps((method, args))
         n = PyBytes_GET_SIZE(body)
-        if n > pd["peer_max_frame_size"]:
+        if n > self._peer_max:
             proto._check_size(body)  # (it raises)
         if not pending:
             # Keepalive measures the server's silence from when a call became pending.
@@ -653,7 +680,7 @@ cdef class ConnectionCore:
         pd["last_request_id"] = rid
         pending[rid] = token
         sent = pd["_sent"]
-        if sent < pd["_peer_inflight"] and not pd["_held"]:
+        if sent < self._peer_inflight and not self._held:
             pd["_sent"] = sent + 1
             if n >= C_ZERO_COPY_MIN:
                 proto._frame(C_KIND_REQUEST, rid, body)  # (header and body apart)
@@ -662,10 +689,13 @@ cdef class ConnectionCore:
                 _store_header(<unsigned char*>PyBytes_AS_STRING(frame), <uint32_t>n,
                               C_KIND_REQUEST, <uint32_t>rid)
                 memcpy(PyBytes_AS_STRING(frame) + _HDR, PyBytes_AS_STRING(body), n)
-                (<list>pd["_out"]).append(frame)
-                pd["_out_size"] = pd["_out_size"] + (_HDR + n)
+                if direct:
+                    self._direct = frame
+                else:
+                    (<list>pd["_out"]).append(frame)
+                    pd["_out_size"] = pd["_out_size"] + (_HDR + n)
         else:
-            (<dict>pd["_held"])[rid] = body
+            self._held[rid] = body
         return rid
 
     cdef int _push_deadline(self, double deadline, object rid) except -1:
@@ -1084,7 +1114,7 @@ cdef class ConnectionCore:
             if results and self._waiters:
                 self._cond.notify_all()
             idle_draining = (
-                (self.draining or self._pd["_next_id"] > self._max_rid) and not self._pd["_pending"])
+                (self.draining or self._pd["_next_id"] > self._max_rid) and not self._pending)
         finally:
             self._state.give()
         if futures is not None:
@@ -1118,6 +1148,7 @@ cdef class ConnectionCore:
             elif kind in C_CONNECTION_KINDS:
                 events = []
                 proto._connection_frame(frame, events)
+                self._settings_changed()
                 for event in events:
                     kind = event[0]
                     if kind == C_KIND_ERROR:  # a goaway fails the calls it did not process
@@ -1128,13 +1159,19 @@ cdef class ConnectionCore:
                 raise proto.unexpected_frame(frame)
         return 0
 
+    cdef int _settings_changed(self) except -1:
+        """Copy the peer's settings the per-call path reads (a settings frame may change
+        them; one can only arrive through _take_replies)."""
+        self._peer_max = self._pd["peer_max_frame_size"]
+        self._peer_inflight = self._pd["_peer_inflight"]
+        return 0
+
     cdef int _take_reply(self, int kind, object rid, object body, list replies) except -1:
         """One response or error frame: append ``(kind, rid, token, value)`` to *replies*
         (or count it dropped when *rid* is not pending).  Under ``_state``."""
         cdef object proto = self.proto
         cdef dict pd = self._pd
-        cdef dict pending = pd["_pending"]
-        cdef object token = pending.pop(rid, _MISSING)
+        cdef object token = self._pending.pop(rid, _MISSING)
         if token is _MISSING:
             proto.dropped_replies += 1
             return 0
@@ -1147,14 +1184,14 @@ cdef class ConnectionCore:
             if kind == C_KIND_ERROR:
                 value = proto._remote_error(value)
         except (ValueError, TypeError, ProtocolError):
-            pending[rid] = token  # (the protocol's own decode fails it, and raises)
+            self._pending[rid] = token  # (the protocol's own decode fails it, and raises)
             frame = _FrameFields(kind=kind, request_id=rid, body=body)
             value = proto._decode(frame)
             if kind == C_KIND_ERROR:
                 proto._remote_error(value)
             raise
         replies.append((kind, rid, token, value))
-        if pd["_held"]:
+        if self._held:
             proto._release_held()
         return 0
 

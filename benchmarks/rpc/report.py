@@ -1,10 +1,13 @@
 """Runs the RPC benchmark matrix without pytest and prints a markdown report.
 
-    python benchmarks/rpc/report.py [--seconds 1.0] [--systems KEY,...] [--workloads KEY,...]
+    python benchmarks/rpc/report.py [--seconds 2.0] [--rounds 5] [--systems KEY,...]
+                                    [--workloads KEY,...]
 
 Every system's server runs in a child process pinned to one CPU, the client in this process
-pinned to another (see docs/benchmarks-method.md).  Progress goes to stderr, the report to
-stdout, ready to paste into docs/benchmarks.md.  A full run takes about two minutes.
+pinned to another (see docs/benchmarks-method.md).  All systems are started first, then each
+workload is measured in --rounds turns of every system (--seconds per system and workload in
+all), so that the machine's drift weighs on every system alike.  Progress goes to stderr, the
+report to stdout, ready to paste into docs/benchmarks.md.  A full run takes about two minutes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the `rpc` package importa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rpc.affinity import Placement
-from rpc.runner import run_system
+from rpc.runner import run_interleaved
 from rpc.stats import Summary
 from rpc.systems import ALL, BY_KEY
 from rpc.table import render
@@ -40,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parses options, runs the matrix, prints the report; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--seconds", type=float, default=1.0, help="measuring time per system and workload"
+        "--seconds", type=float, default=2.0, help="measuring time per system and workload"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="turns of all systems per workload (interleaved)"
     )
     parser.add_argument("--systems", help=f"comma-separated subset of: {', '.join(BY_KEY)}")
     parser.add_argument(
@@ -56,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], Summary | str] = {}
     pin = placement.pin_client()
     try:
-        for cls in ALL:
-            if cls.key not in system_keys:
-                continue
-            for cell in run_system(cls, workloads, placement, args.seconds, _progress):
-                results[(cell.system, cell.workload)] = cell.summary or cell.note
+        classes = [cls for cls in ALL if cls.key in system_keys]
+        cells = run_interleaved(
+            classes, workloads, placement, args.seconds, max(args.rounds, 1), _progress
+        )
+        for cell in cells:
+            results[(cell.system, cell.workload)] = cell.summary or cell.note
     finally:
         pin.release()
     print(

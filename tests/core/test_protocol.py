@@ -664,3 +664,13 @@ def test_ten_thousand_pipelined_requests_in_one_read(backend) -> None:
         server.send_response(e[1], e[3][0] + e[3][1])
     replies = client.receive_data(server.data_to_send())
     assert [r[3] for r in replies] == [i + 1 for i in range(n)]
+
+
+def test_pop_all_pending_keeps_the_pending_table(backend) -> None:
+    """The compiled client holds the pending table itself: it is cleared, never replaced."""
+    client = ClientConnection(**wire(backend))
+    table = client._pending
+    client.send_request("f", [], token="a")
+    client.send_request("g", [], token="b")
+    assert client.pop_all_pending() == {1: "a", 2: "b"}
+    assert client._pending is table and not table and client.pending == 0

@@ -716,3 +716,24 @@ def test_core_lock_serves_a_condition(backend_name) -> None:
         assert cond.wait_for(lambda: len(box) == 100, timeout=10)
     thread.join(10)
     assert not thread.is_alive() and not lock.locked()
+
+
+def test_settings_changed_mid_connection_are_honoured(scripted_server, make_client) -> None:
+    """A second settings frame (lower limits) binds the next calls: the compiled core
+    keeps copies of the peer's limits, refreshed by every connection frame."""
+
+    def settings(w, rid) -> bytes:
+        body = w["serializer"].dumps({"max_frame_size": 64, "max_inflight": 1, "max_depth": 8})
+        reply = w["framing"].encode_frame(C.KIND_RESPONSE, rid, w["serializer"].dumps("first"))
+        return w["framing"].encode_frame(C.KIND_SETTINGS, 0, body) + reply
+
+    answers = [settings] + [_answer(C.KIND_RESPONSE, n) for n in range(2, 5)]
+    server = scripted_server(_lone_script(answers))
+    client = make_client(server.address, timeout=5)
+    assert client.f() == "first"
+    with pytest.raises(rapidrpc.ResourceExhausted, match="max_frame_size=64"):
+        client.f(b"x" * 100)
+    assert client.f() == 2  # small calls still go
+    futures = [client.call_async("f") for _ in range(2)]  # one in flight, one held
+    assert sorted(f.result(5) for f in futures) == [3, 4]
+    assert client._conn.proto.pending == 0

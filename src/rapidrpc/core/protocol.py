@@ -733,9 +733,12 @@ class ClientConnection(Connection):
         return token
 
     def pop_all_pending(self) -> dict[int, Any]:
-        """Forget every pending call and return ``{request_id: token}`` (to fail them)."""
-        pending = self._pending
-        self._pending = {}
+        """Forget every pending call and return ``{request_id: token}`` (to fail them).
+
+        The pending table itself stays the same object (the compiled client keeps it).
+        """
+        pending = self._pending.copy()
+        self._pending.clear()
         self._held.clear()
         self._sent = 0
         return pending
