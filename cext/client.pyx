@@ -209,6 +209,13 @@ cdef extern from "pythread.h":
                                              int intr_flag) nogil
 
 
+cdef int _run_signal_handlers() except -1:
+    """Run pending Python signal handlers; propagate what one raises."""
+    if PyErr_CheckSignals() < 0:
+        return -1
+    return 0
+
+
 # --- the lock ---------------------------------------------------------------------------------
 @cython.final
 cdef class Lock:
@@ -290,8 +297,7 @@ cdef class Lock:
                 return True
             if status != PY_LOCK_INTR:
                 return False
-            if PyErr_CheckSignals() < 0:
-                raise
+            _run_signal_handlers()  # (raises what a handler raised)
             limit = end - _now()
             if limit <= 0:
                 return self.take()

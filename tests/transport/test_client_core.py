@@ -737,3 +737,32 @@ def test_settings_changed_mid_connection_are_honoured(scripted_server, make_clie
     futures = [client.call_async("f") for _ in range(2)]  # one in flight, one held
     assert sorted(f.result(5) for f in futures) == [3, 4]
     assert client._conn.proto.pending == 0
+
+
+def test_core_lock_wait_runs_signal_handlers(backend_name) -> None:
+    """A wait for the lock in the main thread runs signal handlers and propagates what
+    they raise (Ctrl-C interrupts it), as threading.Lock's does."""
+    import signal
+
+    class Boom(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Boom()
+
+    lock = blocking.CORES[backend_name].Lock()
+    lock.acquire()
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(Boom):
+            lock.acquire(timeout=10)
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(Boom):
+            lock.acquire()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert lock.locked()
+    lock.release()
+    assert not lock.locked()
