@@ -272,7 +272,33 @@ def _copy(error: BaseException) -> BaseException:
 # ---------------------------------------------------------------------------------------------
 
 
-class RPCServerProtocol(asyncio.BufferedProtocol):
+class _BufferedReceiver(asyncio.BufferedProtocol):
+    """The receiving half both RPC protocols share: the transport reads into the
+    connection's :class:`ReceiveBuffer` (``self._rbuf``), and :meth:`_received` handles the
+    frames that completes (the subclass's)."""
+
+    _rbuf: ReceiveBuffer
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the transport reads to: the free end of the receive buffer."""
+        return self._rbuf.writable()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """*nbytes* arrived in the receive buffer: handle the frames they complete."""
+        self._rbuf.written(nbytes)
+        self._received()
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes handed over by other code (the transport itself reads through
+        :meth:`get_buffer`): copied into the receive buffer, then handled alike."""
+        self._rbuf.append(data)
+        self._received()
+
+    def _received(self) -> None:
+        raise NotImplementedError
+
+
+class RPCServerProtocol(_BufferedReceiver):
     """Serve *dispatcher* on one connection (any stream transport).
 
     An ``asyncio.BufferedProtocol``: the transport reads into the connection's
@@ -376,21 +402,6 @@ class RPCServerProtocol(asyncio.BufferedProtocol):
                 self._begin_close()
                 return
         self._schedule_tick()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        """Where the transport reads to: the free end of the receive buffer."""
-        return self._rbuf.writable()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        """*nbytes* arrived in the receive buffer: handle the frames they complete."""
-        self._rbuf.written(nbytes)
-        self._received()
-
-    def data_received(self, data: bytes) -> None:
-        """Bytes handed over by other code (the transport itself reads through
-        :meth:`get_buffer`): copied into the receive buffer, then handled alike."""
-        self._rbuf.append(data)
-        self._received()
 
     def _received(self) -> None:
         now = _now()
@@ -893,7 +904,7 @@ class ConnectionGroup:
 # ---------------------------------------------------------------------------------------------
 
 
-class RPCClientProtocol(asyncio.BufferedProtocol):
+class RPCClientProtocol(_BufferedReceiver):
     """One client connection over any stream transport; calls are multiplexed on it.
 
     An ``asyncio.BufferedProtocol`` reading into a :class:`ReceiveBuffer`, replies parsed
@@ -972,21 +983,6 @@ class RPCClientProtocol(asyncio.BufferedProtocol):
         transport.write(self.proto.data_to_send())
         if self.keepalive:
             self._schedule_tick()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        """Where the transport reads to: the free end of the receive buffer."""
-        return self._rbuf.writable()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        """*nbytes* arrived in the receive buffer: route the replies they complete."""
-        self._rbuf.written(nbytes)
-        self._received()
-
-    def data_received(self, data: bytes) -> None:
-        """Bytes handed over by other code (the transport itself reads through
-        :meth:`get_buffer`): copied into the receive buffer, then routed alike."""
-        self._rbuf.append(data)
-        self._received()
 
     def _received(self) -> None:
         """Route replies to their callers."""
