@@ -56,28 +56,10 @@ SCRIPT = textwrap.dedent(
 
 
 class AioWorkersServer(WorkersServer):
-    """A child process running ``aio.Server(workers=count).run(loop_factory=...)``."""
+    """A child process running ``aio.Server(workers=count).run(loop_factory=...)``
+    (the mode argument is the loop kind)."""
 
-    def __init__(self, count: int, backend_name: str, loop_kind: str) -> None:
-        env = dict(os.environ)
-        env.pop("RAPIDRPC_PURE_PYTHON", None)
-        if backend_name == "python":
-            env["RAPIDRPC_PURE_PYTHON"] = "1"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, str(count), backend_name, loop_kind],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
-        self.pid = self.proc.pid
-        try:
-            self.port = int(self.line())
-        except BaseException:
-            self.close()
-            raise
-        self.address = ("127.0.0.1", self.port)
+    SCRIPT = SCRIPT
 
 
 @pytest.fixture

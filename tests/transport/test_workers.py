@@ -68,13 +68,16 @@ SCRIPT = textwrap.dedent(
 class WorkersServer:
     """A child process running ``Server(workers=count).serve_forever()``."""
 
+    #: The child's program (argv: count, backend name, mode).
+    SCRIPT = SCRIPT
+
     def __init__(self, count: int, backend_name: str, mode: str = "serve") -> None:
         env = dict(os.environ)
         env.pop("RAPIDRPC_PURE_PYTHON", None)
         if backend_name == "python":
             env["RAPIDRPC_PURE_PYTHON"] = "1"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, str(count), backend_name, mode],
+            [sys.executable, "-c", self.SCRIPT, str(count), backend_name, mode],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
