@@ -39,6 +39,7 @@ from cpython.dict cimport PyDict_Contains
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject_GenericGetAttr
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.pythread cimport (
     NOWAIT_LOCK,
     PY_LOCK_ACQUIRED,
@@ -72,8 +73,12 @@ from client_io cimport (
     recv,
     sched_yield,
     sendmsg,
+    slot_get,
+    slot_offset,
+    slot_set,
     would_block,
 )
+from serializer_api cimport SERIALIZER_API_NAME, SerializerAPI
 
 import heapq
 import os
@@ -86,6 +91,7 @@ from rapidrpc.core.protocol import NotProcessed
 from rapidrpc.errors import ConnectionLost, DeadlineExceeded, ProtocolError
 
 from rapidrpc.transport._common import RECV_SIZE, SYNC, NotSent, copy_error
+from rapidrpc.wire import _serializer_c
 from rapidrpc.wire import constants as _const
 
 __all__ = ["CallFuture", "ConnectionCore", "Lock"]  # (+ MethodCall: compiled only, client.py)
@@ -124,6 +130,10 @@ cdef double C_ASYNC_SLICE = 0.02
 cdef double C_FOLLOW_SLICE = 0.05
 
 cdef object _MISSING = object()
+# The compiled serializer's C entry points (a protocol built on it is served through them).
+cdef SerializerAPI* _ser = <SerializerAPI*>PyCapsule_GetPointer(
+    _serializer_c._C_API, SERIALIZER_API_NAME)
+cdef object _HUGE = 1 << 62  # a peer limit at least this large is never reached
 # Forks this process is away from the one that imported this module: the C twin of
 # blocking._fork_generation (both are bumped in the child), compared on every call.
 cdef unsigned long _forks = 0
@@ -482,15 +492,20 @@ cdef class ConnectionCore:
     cdef object _proto_feed, _dumps, _loads, _parser_skip
     cdef Py_ssize_t _skipped      # bytes of replies _received routed past the frame parser
     cdef dict _loads_kw
-    cdef object _max_rid
-    # proto.__dict__: the attributes of the protocol that every call reads and writes
-    # (_common.PROTOCOL_FIELDS), reached without attribute lookups.  They are plain instance
-    # attributes (tests/transport/test_client_core.py checks), so the dict is their storage.
-    cdef dict _pd
+    cdef bint _c_ser              # proto._dumps/_loads are the compiled serializer's: use _ser
+    cdef Py_ssize_t _max_depth    # proto.max_depth
+    cdef long long _max_rid
+    # Where the protocol attributes every call reads and writes (_common.PROTOCOL_FIELDS)
+    # live in the protocol object: they are __slots__ entries, reached at these offsets
+    # without attribute lookups.  The offsets hold for objects of _slots_type only, which
+    # _p() checks before every use.
+    cdef object _slots_type
+    cdef Py_ssize_t _o_next_id, _o_out, _o_out_size, _o_sent, _o_error, _o_last_rid
+    cdef Py_ssize_t _o_peer_max, _o_peer_inflight
     # proto._pending and proto._held: the same objects for the protocol's life.
     cdef dict _pending, _held
     # proto.peer_max_frame_size and proto._peer_inflight, copied (see _settings_changed).
-    cdef object _peer_max, _peer_inflight
+    cdef long long _peer_max, _peer_inflight
     cdef object _direct           # a request frame _queue_request left for its caller
     cdef unsigned long _forks_seen  # _forks when the connection was made
     # The reading leader's own call (-1: none) and its outcome, which _feed hands over
@@ -521,7 +536,16 @@ cdef class ConnectionCore:
         self._fd = self.sock.fileno()
         self._max_frame = self.proto.max_frame_size
         proto = self.proto
-        self._pd = proto.__dict__
+        kind = type(proto)
+        self._o_next_id = slot_offset(kind, "_next_id")
+        self._o_out = slot_offset(kind, "_out")
+        self._o_out_size = slot_offset(kind, "_out_size")
+        self._o_sent = slot_offset(kind, "_sent")
+        self._o_error = slot_offset(kind, "error")
+        self._o_last_rid = slot_offset(kind, "last_request_id")
+        self._o_peer_max = slot_offset(kind, "peer_max_frame_size")
+        self._o_peer_inflight = slot_offset(kind, "_peer_inflight")
+        self._slots_type = kind
         self._pending = proto._pending
         self._held = proto._held
         self._settings_changed()
@@ -532,6 +556,8 @@ cdef class ConnectionCore:
         self._dumps = proto._dumps
         self._loads = proto._loads
         self._loads_kw = proto._loads_kw
+        self._c_ser = self._dumps is _serializer_c.dumps and self._loads is _serializer_c.loads
+        self._max_depth = proto.max_depth
         self._max_rid = proto._max_request_id
         self._busy_since = _now()
 
@@ -545,10 +571,37 @@ cdef class ConnectionCore:
             return True
         return self._refresh()
 
-    cdef inline bint _usable(self):
+    cdef inline bint _usable(self) except -1:
         """BlockingConnection.usable (compiled)."""
         return (self.error is None and not self.draining and self._forks_seen == _forks
-                and not self._pd["_next_id"] > self._max_rid)
+                and not self._next_rid() > self._max_rid)
+
+    # --- the protocol's slots (see _core_init) --------------------------------------------
+
+    cdef inline object _p(self):
+        """The protocol, checked to be of the type whose slot offsets _core_init took."""
+        cdef object proto = self.proto
+        if type(proto) is not self._slots_type:
+            raise TypeError("the client core's protocol object was replaced")
+        return proto
+
+    cdef inline long long _next_rid(self) except? -1:
+        """proto._next_id"""
+        return slot_get(self._p(), self._o_next_id)
+
+    cdef inline bint _output_queued(self) except -1:
+        """proto._out_size != 0"""
+        return slot_get(self._p(), self._o_out_size) != 0
+
+    cdef inline list _take_output(self):
+        """proto.take_output(), inlined (under ``_state``); None when nothing is queued."""
+        cdef object proto = self._p()
+        cdef list out = slot_get(proto, self._o_out)
+        if not out:
+            return None
+        slot_set(proto, self._o_out, [])
+        slot_set(proto, self._o_out_size, 0)
+        return out
 
     def call(self, method, args, kwargs, timeout):
         """Send a call and wait for its result (raises the remote error, or a local one)."""
@@ -575,10 +628,7 @@ cdef class ConnectionCore:
                     self._send_lock.give()
                 raise
             if sender:
-                out = self._pd["_out"]
-                if out:
-                    self._pd["_out"] = []
-                    self._pd["_out_size"] = 0
+                out = self._take_output()
                 frame = self._direct
                 if frame is not None:
                     self._direct = None
@@ -594,7 +644,7 @@ cdef class ConnectionCore:
                     self._send_locked(deadline, True, out)
                 finally:
                     self._send_lock.give()
-                if self.error is None and self._pd["_out_size"]:
+                if self.error is None and self._output_queued():
                     self._flush(deadline, True)  # queued by threads that found us sending
             else:
                 self._flush(deadline, True)
@@ -662,32 +712,34 @@ cdef class ConnectionCore:
         *direct*: the caller holds the send lock and sends the frame itself: a frame built
         here is left in ``_direct`` instead of the protocol's output queue.
         """
-        cdef object proto = self.proto
-        cdef dict pd = self._pd
+        cdef object proto = self._p()
         cdef object body, frame, rid
         cdef Py_ssize_t n
+        cdef long long c_rid, sent
         cdef dict pending = self._pending
-        rid = pd["_next_id"]
-        if pd["error"] is not None or rid > self._max_rid:
+        rid = slot_get(proto, self._o_next_id)
+        c_rid = rid
+        if slot_get(proto, self._o_error) is not None or c_rid > self._max_rid:
             return proto.send_request(method, args, kwargs, token, timeout)  # (it raises)
         if timeout is not None:
-            body = self._dumps((method, args, kwargs, {"timeout": timeout}))
+            envelope = (method, args, kwargs, {"timeout": timeout})
         elif kwargs:
-            body = self._dumps((method, args, kwargs))
+            envelope = (method, args, kwargs)
         else:
-            body = self._dumps((method, args))
+            envelope = (method, args)
+        body = _ser.dumps(envelope) if self._c_ser else self._dumps(envelope)
         n = PyBytes_GET_SIZE(body)
         if n > self._peer_max:
             proto._check_size(body)  # (it raises)
         if not pending:
             # Keepalive measures the server's silence from when a call became pending.
             self._busy_since = now if now else _now()
-        pd["_next_id"] = rid + 1
-        pd["last_request_id"] = rid
+        slot_set(proto, self._o_next_id, c_rid + 1)
+        slot_set(proto, self._o_last_rid, rid)
         pending[rid] = token
-        sent = pd["_sent"]
+        sent = slot_get(proto, self._o_sent)
         if sent < self._peer_inflight and not self._held:
-            pd["_sent"] = sent + 1
+            slot_set(proto, self._o_sent, sent + 1)
             if n >= C_ZERO_COPY_MIN:
                 proto._frame(C_KIND_REQUEST, rid, body)  # (header and body apart)
             else:
@@ -698,8 +750,9 @@ cdef class ConnectionCore:
                 if direct:
                     self._direct = frame
                 else:
-                    (<list>pd["_out"]).append(frame)
-                    pd["_out_size"] = pd["_out_size"] + (_HDR + n)
+                    (<list>slot_get(proto, self._o_out)).append(frame)
+                    slot_set(proto, self._o_out_size,
+                             <long long>slot_get(proto, self._o_out_size) + (_HDR + n))
         else:
             self._held[rid] = body
         return rid
@@ -731,7 +784,7 @@ cdef class ConnectionCore:
             finally:
                 self._send_lock.give()
             # Output queued meanwhile by threads that found the lock taken is ours to send.
-            if self.error is not None or not self._pd["_out_size"] or self._backlog:
+            if self.error is not None or not self._output_queued() or self._backlog:
                 return 0
         return 0
 
@@ -742,19 +795,15 @@ cdef class ConnectionCore:
         """
         cdef list chunks, backlog
         cdef Py_ssize_t off, done
-        cdef dict pd = self._pd
         while self.error is None:
             if out is None:
-                if not pd["_out_size"] and not self._backlog:
+                if not self._output_queued() and not self._backlog:
                     # Nothing to send (read without _state: a thread queueing output now
                     # finds the send lock taken, and _flush looks again once it is free).
                     return 0
                 self._state.wait_take()
-                try:  # proto.take_output(), inlined
-                    out = pd["_out"]
-                    if out:
-                        pd["_out"] = []
-                        pd["_out_size"] = 0
+                try:
+                    out = self._take_output()
                 finally:
                     self._state.give()
             backlog = self._backlog
@@ -1056,7 +1105,7 @@ cdef class ConnectionCore:
                 # checks; the parser is told the bytes went by (_skipped), so the stream
                 # offsets its later errors name stay exact.
                 self._skipped += pos
-                frame = PyMemoryView_FromMemory(self._buf + _HDR, length, PyBUF_READ)
+                frame = None  # (its body is decoded where it lies)
                 kind = p[4]
                 rid = _load_u32(p + 8)
             else:
@@ -1064,7 +1113,7 @@ cdef class ConnectionCore:
                 kind = 0
                 rid = None
             try:
-                self._feed(frame, kind, rid)
+                self._feed(frame, kind, rid, self._buf + _HDR, length)
             finally:
                 frame = None  # (the view points into _buf, which moves now)
                 memmove(self._buf, self._buf + pos, have - pos)
@@ -1078,11 +1127,13 @@ cdef class ConnectionCore:
             self._have = 0
         return 0
 
-    cdef int _feed(self, object data, int kind=0, object rid=None) except -1:
+    cdef int _feed(self, object data, int kind=0, object rid=None, const char* at=NULL,
+                   Py_ssize_t size=0) except -1:
         """Hand whole frames to the protocol; route the replies they complete.
 
         With *kind*, *data* is the body of one reply frame (*kind* response or error, for
-        request *rid*) that _received cut out and checked itself.
+        request *rid*) that _received cut out and checked itself; None when that body is
+        the *size* bytes at *at* (read before this returns).
         """
         cdef list replies = []
         cdef list futures = None
@@ -1096,7 +1147,7 @@ cdef class ConnectionCore:
         try:
             try:
                 if kind:
-                    self._take_reply(kind, rid, data, replies)
+                    self._take_reply(kind, rid, data, replies, at, size)
                 else:
                     self._take_replies(data, replies)
             except ProtocolError as exc:
@@ -1120,7 +1171,7 @@ cdef class ConnectionCore:
             if results and self._waiters:
                 self._cond.notify_all()
             idle_draining = (
-                (self.draining or self._pd["_next_id"] > self._max_rid) and not self._pending)
+                (self.draining or self._next_rid() > self._max_rid) and not self._pending)
         finally:
             self._state.give()
         if futures is not None:
@@ -1128,7 +1179,7 @@ cdef class ConnectionCore:
         if error is not None:
             self._lost(error)
             return 0
-        if self._pd["_out_size"]:
+        if self._output_queued():
             self._flush(INFINITY, False)
         if idle_draining:
             self._lost(ConnectionLost(f"{self._where()}: connection retired"))
@@ -1168,29 +1219,44 @@ cdef class ConnectionCore:
     cdef int _settings_changed(self) except -1:
         """Copy the peer's settings the per-call path reads (a settings frame may change
         them; one can only arrive through _take_replies)."""
-        self._peer_max = self._pd["peer_max_frame_size"]
-        self._peer_inflight = self._pd["_peer_inflight"]
+        cdef object proto = self._p()
+        # (A peer may announce any uint64: held as C integers, capped at _HUGE.)
+        self._peer_max = min(slot_get(proto, self._o_peer_max), _HUGE)
+        self._peer_inflight = min(slot_get(proto, self._o_peer_inflight), _HUGE)
         return 0
 
-    cdef int _take_reply(self, int kind, object rid, object body, list replies) except -1:
+    cdef int _take_reply(self, int kind, object rid, object body, list replies,
+                         const char* at=NULL, Py_ssize_t size=0) except -1:
         """One response or error frame: append ``(kind, rid, token, value)`` to *replies*
-        (or count it dropped when *rid* is not pending).  Under ``_state``."""
-        cdef object proto = self.proto
-        cdef dict pd = self._pd
+        (or count it dropped when *rid* is not pending).  Under ``_state``.
+
+        *body*: the frame's body, or None when it is the *size* bytes at *at*.
+        """
+        cdef object proto = self._p()
         cdef object token = self._pending.pop(rid, _MISSING)
         if token is _MISSING:
             proto.dropped_replies += 1
             return 0
-        pd["_sent"] = pd["_sent"] - 1
+        slot_set(proto, self._o_sent, <long long>slot_get(proto, self._o_sent) - 1)
         try:
-            if self._loads_kw:
-                value = self._loads(body, **self._loads_kw)
+            if self._c_ser and (body is None or type(body) is bytes):
+                if body is not None:
+                    at = PyBytes_AS_STRING(body)
+                    size = PyBytes_GET_SIZE(body)
+                value = _ser.loads(<const unsigned char*>at, size, self._max_depth)
             else:
-                value = self._loads(body)
+                if body is None:
+                    body = PyBytes_FromStringAndSize(at, size)
+                if self._loads_kw:
+                    value = self._loads(body, **self._loads_kw)
+                else:
+                    value = self._loads(body)
             if kind == C_KIND_ERROR:
                 value = proto._remote_error(value)
         except (ValueError, TypeError, ProtocolError):
             self._pending[rid] = token  # (the protocol's own decode fails it, and raises)
+            if body is None:
+                body = PyBytes_FromStringAndSize(at, size)
             frame = _FrameFields(kind=kind, request_id=rid, body=body)
             value = proto._decode(frame)
             if kind == C_KIND_ERROR:

@@ -58,3 +58,48 @@ cdef extern from "Python.h":
     object PyMemoryView_FromMemory(char* mem, Py_ssize_t size, int flags)
     enum:
         PyBUF_READ
+
+
+cdef extern from *:
+    """
+    #include <structmember.h>
+    /* Offset of the writable object slot *name* (a __slots__ entry) of *type*, or -1 with
+       TypeError set when *name* is anything else there (a property, a class attribute...). */
+    static Py_ssize_t rapidrpc_slot_offset(PyObject* type, PyObject* name) {
+        Py_ssize_t offset = -1;
+        PyObject* d = PyObject_GetAttr(type, name);
+        if (d == NULL)
+            return -1;
+        if (Py_TYPE(d) == &PyMemberDescr_Type) {
+            PyMemberDef* m = ((PyMemberDescrObject*)d)->d_member;
+            if (m->type == T_OBJECT_EX && !(m->flags & READONLY))
+                offset = m->offset;
+        }
+        Py_DECREF(d);
+        if (offset < 0)
+            PyErr_Format(PyExc_TypeError, "%R.%U is not a writable __slots__ entry",
+                         type, name);
+        return offset;
+    }
+    /* The value in the slot at *offset* of *obj* (new reference), AttributeError if unset. */
+    static inline PyObject* rapidrpc_slot_get(PyObject* obj, Py_ssize_t offset) {
+        PyObject* v = *(PyObject**)((char*)obj + offset);
+        if (v == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "a protocol slot the client core reads is unset");
+            return NULL;
+        }
+        Py_INCREF(v);
+        return v;
+    }
+    /* Store *v* in the slot at *offset* of *obj*. */
+    static inline void rapidrpc_slot_set(PyObject* obj, Py_ssize_t offset, PyObject* v) {
+        PyObject** p = (PyObject**)((char*)obj + offset);
+        PyObject* old = *p;
+        Py_INCREF(v);
+        *p = v;
+        Py_XDECREF(old);
+    }
+    """
+    Py_ssize_t slot_offset "rapidrpc_slot_offset" (object type, object name) except -1
+    object slot_get "rapidrpc_slot_get" (object obj, Py_ssize_t offset)
+    void slot_set "rapidrpc_slot_set" (object obj, Py_ssize_t offset, object value)

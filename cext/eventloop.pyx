@@ -39,7 +39,9 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsDouble
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.object cimport PyObject, PyObject_Call, PyObject_IsTrue
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.tuple cimport PyTuple_GET_ITEM
+from cpython.unicode cimport PyUnicode_DATA, PyUnicode_GET_LENGTH, PyUnicode_KIND
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.errno cimport (
     ECONNABORTED,
@@ -55,7 +57,7 @@ from libc.errno cimport (
 from libc.math cimport ceil
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy, memmove, memset, strerror
+from libc.string cimport memcmp, memcpy, memmove, memset, strerror
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.uio cimport iovec
 from posix.unistd cimport close, read, write
@@ -92,6 +94,7 @@ from netio cimport (
     setsockopt,
     shutdown,
 )
+from serializer_api cimport SERIALIZER_API_NAME, SerializerAPI
 
 import logging
 import socket
@@ -111,6 +114,7 @@ from rapidrpc.errors import (
 from rapidrpc.transport import signal_wakeup
 from rapidrpc.transport.eventloop import ServerConfig
 from rapidrpc.wire import _framing_text as _text
+from rapidrpc.wire import _serializer_c
 from rapidrpc.wire import constants as _const
 
 __all__ = ["EventLoop", "ServerConfig", "serve"]
@@ -153,6 +157,9 @@ cdef uint32_t C_MAX_KIND = _const.MAX_KIND
 cdef uint32_t C_KNOWN_FLAGS = _const.KNOWN_FLAGS
 cdef Py_ssize_t C_ZERO_COPY = _const.ZERO_COPY_MIN_BODY
 cdef object _OK = StatusCode.OK
+# The compiled serializer's C entry points (used when the server runs on that serializer).
+cdef SerializerAPI* _ser = <SerializerAPI*>PyCapsule_GetPointer(
+    _serializer_c._C_API, SERIALIZER_API_NAME)
 cdef object _INTERNAL = StatusCode.INTERNAL
 cdef object _CANCELLED = StatusCode.CANCELLED
 
@@ -553,6 +560,13 @@ cdef class _Conn:
         _out_free(&self.out)
 
 
+cdef inline bint _same_str(object a, object b) noexcept:
+    """a == b for two exact str objects, without the rich-comparison machinery."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(a)
+    return (n == PyUnicode_GET_LENGTH(b) and PyUnicode_KIND(a) == PyUnicode_KIND(b)
+            and memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), n * PyUnicode_KIND(a)) == 0)
+
+
 # --- the loop ---------------------------------------------------------------------------------
 @cython.final
 cdef class EventLoop:
@@ -588,6 +602,7 @@ cdef class EventLoop:
     cdef dict _proto_kw
     cdef bytes _refusal
     cdef dict _table             # the dispatcher's live name -> Method table
+    cdef object _last_entry      # the Method the last fast-path call found, or None
     cdef object _lookup
     cdef object _invoke
     cdef object _argument_error
@@ -595,6 +610,8 @@ cdef class EventLoop:
     cdef bint _default_depth
     cdef object _max_depth
     cdef object _dumps
+    cdef bint _c_ser             # _loads/_dumps are the compiled serializer's: use _ser
+    cdef Py_ssize_t _c_max_depth
     cdef Py_ssize_t _high_water
     cdef Py_ssize_t _max_output
     cdef Py_ssize_t _in_cap_limit
@@ -656,6 +673,8 @@ cdef class EventLoop:
         # The protocol passes max_depth only when it is not the default: so do we.
         self._default_depth = cfg.max_depth == _const.DEFAULT_MAX_DEPTH
         self._max_depth = cfg.max_depth
+        self._c_max_depth = cfg.max_depth
+        self._c_ser = self._loads is _serializer_c.loads and self._dumps is _serializer_c.dumps
         self._table = dispatcher.table
         self._lookup = dispatcher.lookup
         self._invoke = dispatcher.invoke
@@ -1103,20 +1122,13 @@ cdef class EventLoop:
             return False  # others in flight (reuse, limit), a goaway or an error: slow path
         if RAPIDRPC_DEBUG and conn.proto.inflight:
             raise AssertionError("rapidrpc loop: calls in flight the loop did not count")
-        if size < SMALL_BODY:
-            data = PyBytes_FromStringAndSize(body, size)
-        else:
-            data = PyMemoryView_FromMemory(<char*>body, size, PyBUF_READ)
         try:
-            if self._default_depth:
-                msg = self._loads(data)
+            if self._c_ser:  # decoded where it lies
+                msg = _ser.loads(<const unsigned char*>body, size, self._c_max_depth)
             else:
-                msg = self._loads(data, max_depth=self._max_depth)
+                msg = self._loads_python(body, size)
         except Exception:
             return False  # undecodable: the protocol reports it
-        finally:
-            if size >= SMALL_BODY:
-                data.release()  # the view points into our buffer: nothing may keep it
         # Envelope: [method, args, kwargs|nil, meta|nil]; anything else is rejected there.
         if type(msg) is not list:
             return False
@@ -1151,10 +1163,17 @@ cdef class EventLoop:
                         if not timeout > 0.0:  # NaN, zero, negative: rejected there
                             return False
                         has_deadline = True
+        entry = self._last_entry
+        if entry is not None and _same_str(<object>PyTuple_GET_ITEM(entry, 1), method):
+            # Calls repeat a method: look it up by the registered name's own str object
+            # (its hash cached, found by identity), not the one just decoded.  Still a real
+            # lookup, so a method registered again meanwhile is found as it is now.
+            method = <object>PyTuple_GET_ITEM(entry, 1)  # Method.name: the table's key
         item = PyDict_GetItem(self._table, method)
         if item == NULL:
             return False  # MethodNotFound is answered there
         entry = <object>item
+        self._last_entry = entry
         if PyObject_IsTrue(<object>PyTuple_GET_ITEM(entry, 2)):  # Method.blocking
             return False  # the thread pool
         # Admitted: from here on this call is answered on this path.
@@ -1184,6 +1203,21 @@ cdef class EventLoop:
         self._reply(conn, rid, result)
         return True
 
+    cdef object _loads_python(self, const char* body, Py_ssize_t size):
+        """The request body decoded by a serializer given as a Python module."""
+        cdef object data
+        if size < SMALL_BODY:
+            data = PyBytes_FromStringAndSize(body, size)
+        else:
+            data = PyMemoryView_FromMemory(<char*>body, size, PyBUF_READ)
+        try:
+            if self._default_depth:
+                return self._loads(data)
+            return self._loads(data, max_depth=self._max_depth)
+        finally:
+            if size >= SMALL_BODY:
+                data.release()  # the view points into our buffer: nothing may keep it
+
     cdef int _answer_error(self, _Conn conn, uint32_t rid, object exc) except -1:
         conn.proto.begin_call(rid)
         conn.proto.send_exception(rid, exc)
@@ -1206,7 +1240,7 @@ cdef class EventLoop:
                 _out_append_object(&conn.out, result, PyBytes_AS_STRING(result), n)
                 return 0
         try:
-            body = self._dumps(result)
+            body = _ser.dumps(result) if self._c_ser else self._dumps(result)
         except Exception:
             return self._reply_slowly(conn, rid, result)
         n = PyBytes_GET_SIZE(body)

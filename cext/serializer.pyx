@@ -37,7 +37,10 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_DecodeUTF8
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t
+from cpython.pycapsule cimport PyCapsule_New
 from libc.string cimport memcmp, memcpy, memmove
+
+from serializer_api cimport SERIALIZER_API_NAME, SerializerAPI
 
 from rapidrpc.errors import SerializationError
 from rapidrpc.wire import _ext
@@ -143,6 +146,13 @@ cdef object _err_buffer_full = _ext.err_buffer_full
 cdef object _err_not_callable = _ext.err_not_callable
 cdef object _check_limits = _ext.check_limits
 cdef object _int_pos = int.__pos__
+
+# The default decoding limits, for the C entry (_loads_c).
+cdef Py_ssize_t C_D_STR = _D_STR
+cdef Py_ssize_t C_D_BIN = _D_BIN
+cdef Py_ssize_t C_D_ARRAY = _D_ARRAY
+cdef Py_ssize_t C_D_MAP = _D_MAP
+cdef Py_ssize_t C_D_EXT = _D_EXT
 
 cdef int LIMIT_STR = _ext.LIMIT_STR
 cdef int LIMIT_BIN = _ext.LIMIT_BIN
@@ -1191,6 +1201,37 @@ cdef int _check_hook(object hook) except -1:
     return 0
 
 
+cdef object _decode_all(Dec* d):
+    """The one value that fills d's input (SerializationError if bytes trail it)."""
+    obj = _decode(d)
+    if d.p != d.end:
+        raise _err_trailing(d.end - d.p, d.p - d.buf)
+    return obj
+
+
+cdef object _loads_c(const unsigned char* buf, Py_ssize_t size, Py_ssize_t max_depth):
+    """``loads(<size bytes at buf>, max_depth=max_depth)``, the C entry (SerializerAPI)."""
+    cdef Dec d
+    d.buf = buf
+    d.p = buf
+    d.end = buf + size
+    d.base = 0
+    d.max_depth = max_depth
+    d.max_str = C_D_STR
+    d.max_bin = C_D_BIN
+    d.max_array = C_D_ARRAY
+    d.max_map = C_D_MAP
+    d.max_ext = C_D_EXT
+    d.ext_hook = NULL
+    d.truncated = False
+    return _decode_all(&d)
+
+
+cdef object _dumps_c(object obj):
+    """``dumps(obj)``, the C entry (SerializerAPI)."""
+    return _dumps(obj, None)
+
+
 def loads(data, *, ext_hook=None, Py_ssize_t max_depth=_D_DEPTH,
           Py_ssize_t max_str_len=_D_STR, Py_ssize_t max_bin_len=_D_BIN,
           Py_ssize_t max_array_len=_D_ARRAY, Py_ssize_t max_map_len=_D_MAP,
@@ -1234,13 +1275,16 @@ def loads(data, *, ext_hook=None, Py_ssize_t max_depth=_D_DEPTH,
     d.ext_hook = NULL if ext_hook is None else <PyObject*>ext_hook
     d.truncated = False
     try:
-        obj = _decode(&d)
-        if d.p != d.end:
-            raise _err_trailing(d.end - d.p, d.p - d.buf)
-        return obj
+        return _decode_all(&d)
     finally:
         if have_view:
             PyBuffer_Release(&view)
+
+
+cdef SerializerAPI _api
+_api.dumps = _dumps_c
+_api.loads = _loads_c
+_C_API = PyCapsule_New(&_api, SERIALIZER_API_NAME, NULL)
 
 
 # ============================================================================================

@@ -26,7 +26,7 @@ from rpc_helpers import ScriptedServer, wait_until, wire_of
 
 import rapidrpc
 from rapidrpc import DeadlineExceeded, RemoteError, StatusCode
-from rapidrpc.core.protocol import ServerConnection
+from rapidrpc.core.protocol import ClientConnection, ServerConnection
 from rapidrpc.transport import _client_py, blocking
 from rapidrpc.transport._common import CORE_API, CORE_METHODS, PROTOCOL_FIELDS
 from rapidrpc.wire import constants as C
@@ -43,19 +43,47 @@ def test_both_cores_export_the_same_api(backend_name) -> None:
     assert issubclass(core.CallFuture, Future)
 
 
-def test_protocol_fields_the_compiled_core_reaches_are_plain_attributes(
-    make_server, make_client
-) -> None:
-    """The compiled core reads and writes these through the protocol's ``__dict__``."""
+def test_protocol_fields_the_compiled_core_reaches_are_slots(make_server, make_client) -> None:
+    """The compiled core reads and writes these at their slot's offset in the protocol."""
     server = make_server()
     server.register(lambda: 1, name="one")
     client = make_client(server)
     assert client.one() == 1
     proto = client._conn.proto
     for name in PROTOCOL_FIELDS:
-        assert name in vars(proto), name
-        assert not hasattr(type(proto), name), f"{name} is also a class attribute"
-    assert "__slots__" not in vars(type(proto))
+        descriptor = getattr(type(proto), name)
+        assert type(descriptor).__name__ == "member_descriptor", name
+        assert name not in vars(proto), f"{name} is also in the instance __dict__"
+        assert descriptor.__get__(proto) is getattr(proto, name)
+
+
+class _ShadowedField(ClientConnection):
+    last_request_id = 0  # a class attribute hides the slot: the value lands in __dict__
+
+
+def test_compiled_core_reaches_only_slots() -> None:
+    """The core takes slot offsets only from real slots, and only for that protocol type."""
+    load_backend("cython")  # (skips under RAPIDRPC_PURE_PYTHON=1)
+    from rapidrpc.transport import _client_c
+
+    a, b = socket.socketpair()
+    try:
+        core = _client_c.ConnectionCore()
+        core.sock = a
+        core.proto = _ShadowedField()
+        with pytest.raises(TypeError, match="last_request_id is not a writable __slots__"):
+            core._core_init()
+        core.proto = ClientConnection()
+        core._core_init()
+        assert core.fresh(float("inf"))  # usable: its offsets read the protocol's fields
+        core.proto._next_id = C.MAX_REQUEST_ID + 1
+        assert not core.fresh(float("inf"))  # ids exhausted, read at the slot's offset
+        core.proto = _ShadowedField()  # another type: its offsets may differ
+        with pytest.raises(TypeError, match="protocol object was replaced"):
+            core.fresh(float("inf"))
+    finally:
+        a.close()
+        b.close()
 
 
 def test_each_backend_uses_its_own_core(make_server, make_client, backend_name) -> None:

@@ -61,6 +61,28 @@ def test_basic_calls_and_introspection(make_server, make_client) -> None:
     assert "calc.add" in methods and "calc._secret" not in methods
 
 
+def test_methods_are_found_as_registered_now(make_server, make_client) -> None:
+    """Repeated, alternating and re-registered names each reach their current handler."""
+    server = make_server()
+    server.register(lambda: "a", name="fa")
+    server.register(lambda: "b", name="fb")
+    server.register(lambda: "wide", name="f\u540d")  # same length, not ASCII
+    client = make_client(server)
+    assert [client.call(n) for n in ("fa", "fa", "fb", "fa", "f\u540d", "fb")] == [
+        "a",
+        "a",
+        "b",
+        "a",
+        "wide",
+        "b",
+    ]
+    server.register(lambda: "a again", name="".join(["f", "a"]))  # another str object
+    assert client.call("fa") == "a again"
+    assert client.call("fb") == "b"
+    with pytest.raises(rapidrpc.MethodNotFound):
+        client.call("fc")
+
+
 def test_errors_keep_the_connection_usable(make_server, make_client) -> None:
     """HOSTILE 23/24: unknown method, wrong arity, handler exceptions -> error replies."""
     server = make_server()

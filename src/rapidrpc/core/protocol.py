@@ -99,6 +99,19 @@ class Connection:
     settings frame; frames above *max_frame_size* are refused from their header.
     """
 
+    # The state every call reads and writes lives in slots: the compiled blocking client
+    # (cext/client.pyx) reaches slots at their fixed offsets, without an attribute lookup.
+    # Everything else stays in the instance __dict__.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_out",
+        "_out_size",
+        "error",
+        "last_request_id",
+        "peer_max_frame_size",
+    )
+
     def __init__(
         self,
         *,
@@ -621,6 +634,7 @@ class ClientConnection(Connection):
     # _sent, _held, _peer_inflight, dropped_replies and the output queue (_out, _out_size)
     # exactly as send_request / receive_data do, and calling the methods here for the rest.
     # Change those together (tests/transport/test_client_core.py compares both clients).
+    __slots__ = ("_held", "_next_id", "_peer_inflight", "_pending", "_sent")
 
     def __init__(self, *, max_request_id: int = C.MAX_REQUEST_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -40,9 +40,10 @@ CORE_METHODS = (
     "submit",
 )
 
-#: The ClientConnection attributes the compiled core reads and writes through the
-#: protocol's instance ``__dict__`` on every call (no attribute lookup): they must stay
-#: plain instance attributes, never properties or slots (a test checks).
+#: The ClientConnection attributes the compiled core reads and writes on every call at
+#: their slot's offset in the protocol object (no attribute lookup): each must be a
+#: writable ``__slots__`` entry of the protocol's class (the core checks when it connects,
+#: and so does a test).
 PROTOCOL_FIELDS = (
     "_held",
     "_next_id",

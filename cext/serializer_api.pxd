@@ -1,0 +1,16 @@
+# The serializer's C entry points, for the other compiled modules (cext/client.pyx and
+# cext/eventloop.pyx): cext/serializer.pyx fills one of these and publishes it as the
+# capsule rapidrpc.wire._serializer_c._C_API (name: SERIALIZER_API_NAME).  Each entry is
+# exactly the Python-level call named beside it, without the argument parsing.
+
+cdef extern from *:
+    """
+    #define RAPIDRPC_SERIALIZER_API "rapidrpc.wire._serializer_c._C_API"
+    """
+    const char* SERIALIZER_API_NAME "RAPIDRPC_SERIALIZER_API"
+
+ctypedef struct SerializerAPI:
+    # dumps(obj)
+    object (*dumps)(object obj)
+    # loads(the size bytes at buf, max_depth=max_depth): the other limits at their defaults
+    object (*loads)(const unsigned char* buf, Py_ssize_t size, Py_ssize_t max_depth)
