@@ -38,7 +38,7 @@ from cpython.bytes cimport (
 from cpython.dict cimport PyDict_Contains
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.object cimport PyObject_GenericGetAttr
+from cpython.object cimport PyObject, PyObject_GenericGetAttr
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.pythread cimport (
     NOWAIT_LOCK,
@@ -494,6 +494,7 @@ cdef class ConnectionCore:
     cdef dict _loads_kw
     cdef bint _c_ser              # proto._dumps/_loads are the compiled serializer's: use _ser
     cdef Py_ssize_t _max_depth    # proto.max_depth
+    cdef object _meta_timeout, _meta  # the last request meta built, and the timeout in it
     cdef long long _max_rid
     # Where the protocol attributes every call reads and writes (_common.PROTOCOL_FIELDS)
     # live in the protocol object: they are __slots__ entries, reached at these offsets
@@ -717,17 +718,34 @@ cdef class ConnectionCore:
         cdef Py_ssize_t n
         cdef long long c_rid, sent
         cdef dict pending = self._pending
+        cdef PyObject* envelope[4]
+        cdef Py_ssize_t size
+        cdef object meta = None
         rid = slot_get(proto, self._o_next_id)
         c_rid = rid
         if slot_get(proto, self._o_error) is not None or c_rid > self._max_rid:
             return proto.send_request(method, args, kwargs, token, timeout)  # (it raises)
+        # The envelope (method, args[, kwargs[, meta]]), as ClientConnection.send_request
+        # builds it; on the compiled serializer packed from a C array, without the tuple.
+        envelope[0] = <PyObject*>method
+        envelope[1] = <PyObject*>args
+        envelope[2] = <PyObject*>kwargs
+        size = 2
         if timeout is not None:
-            envelope = (method, args, kwargs, {"timeout": timeout})
+            if timeout is not self._meta_timeout:  # (a client's timeout: the same object)
+                self._meta = {"timeout": timeout}  # only ever read: shared by calls
+                self._meta_timeout = timeout
+            meta = self._meta
+            envelope[3] = <PyObject*>meta
+            size = 4
         elif kwargs:
-            envelope = (method, args, kwargs)
+            size = 3
+        if self._c_ser:
+            body = _ser.dumps_array(envelope, size)
+        elif size == 4:
+            body = self._dumps((method, args, kwargs, meta))
         else:
-            envelope = (method, args)
-        body = _ser.dumps(envelope) if self._c_ser else self._dumps(envelope)
+            body = self._dumps((method, args, kwargs) if size == 3 else (method, args))
         n = PyBytes_GET_SIZE(body)
         if n > self._peer_max:
             proto._check_size(body)  # (it raises)

@@ -34,7 +34,8 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
-from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.sequence cimport PySequence_Fast_ITEMS
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_DecodeUTF8
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from cpython.pycapsule cimport PyCapsule_New
@@ -552,14 +553,19 @@ cdef int _pack_list(Writer* w, list o, Py_ssize_t depth) except -1:
 
 
 cdef int _pack_tuple(Writer* w, tuple o, Py_ssize_t depth) except -1:
-    cdef Py_ssize_t n = PyTuple_GET_SIZE(o), i
+    # Borrowed is fine: the tuple is immutable and owned by our caller.
+    return _pack_items(w, PySequence_Fast_ITEMS(o), PyTuple_GET_SIZE(o), depth)
+
+
+cdef int _pack_items(Writer* w, PyObject** items, Py_ssize_t n, Py_ssize_t depth) except -1:
+    """An array of the *n* objects at *items* (a tuple's storage, or the C entry's)."""
+    cdef Py_ssize_t i
     if depth >= PACK_DEPTH:
         raise _err_pack_depth(PACK_DEPTH)
     _put_len(w, n, 0x90, 16, 0, 0xDC, 0xDD, "array")
     depth += 1
     for i in range(n):
-        # Borrowed is fine: the tuple is immutable and owned by our caller.
-        _pack(w, <object>PyTuple_GET_ITEM(o, i), depth)
+        _pack(w, <object>items[i], depth)
     return 0
 
 
@@ -622,6 +628,11 @@ cdef int _pack_other(Writer* w, object o, Py_ssize_t depth) except -1:
 
 
 cdef object _dumps(object obj, object default):
+    return _dumps_some(obj, NULL, 0, default)
+
+
+cdef object _dumps_some(object obj, PyObject** items, Py_ssize_t n, object default):
+    """The bytes of *obj*, or with *items* of an array of the *n* objects there."""
     cdef char stack[STACK_BUF]
     cdef Writer w
     cdef object result
@@ -632,7 +643,10 @@ cdef object _dumps(object obj, object default):
     w.heap = False
     w.default_ = NULL if default is None else <PyObject*>default
     try:
-        _pack(&w, obj, 0)
+        if items == NULL:
+            _pack(&w, obj, 0)
+        else:
+            _pack_items(&w, items, n, 0)
         if RAPIDRPC_DEBUG and w.len > w.cap:
             raise AssertionError("serializer: packed past the end of the buffer")
         if w.owner == NULL:
@@ -1229,7 +1243,12 @@ cdef object _loads_c(const unsigned char* buf, Py_ssize_t size, Py_ssize_t max_d
 
 cdef object _dumps_c(object obj):
     """``dumps(obj)``, the C entry (SerializerAPI)."""
-    return _dumps(obj, None)
+    return _dumps_some(obj, NULL, 0, None)
+
+
+cdef object _dumps_array_c(PyObject** items, Py_ssize_t n):
+    """``dumps(tuple(items[:n]))`` without the tuple, the C entry (SerializerAPI)."""
+    return _dumps_some(None, items, n, None)
 
 
 def loads(data, *, ext_hook=None, Py_ssize_t max_depth=_D_DEPTH,
@@ -1283,6 +1302,7 @@ def loads(data, *, ext_hook=None, Py_ssize_t max_depth=_D_DEPTH,
 
 cdef SerializerAPI _api
 _api.dumps = _dumps_c
+_api.dumps_array = _dumps_array_c
 _api.loads = _loads_c
 _C_API = PyCapsule_New(&_api, SERIALIZER_API_NAME, NULL)
 

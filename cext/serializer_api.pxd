@@ -1,7 +1,11 @@
 # The serializer's C entry points, for the other compiled modules (cext/client.pyx and
 # cext/eventloop.pyx): cext/serializer.pyx fills one of these and publishes it as the
 # capsule rapidrpc.wire._serializer_c._C_API (name: SERIALIZER_API_NAME).  Each entry is
-# exactly the Python-level call named beside it, without the argument parsing.
+# exactly the Python-level call named beside it (same bytes, same errors), without the
+# argument parsing.
+
+from cpython.object cimport PyObject
+
 
 cdef extern from *:
     """
@@ -12,5 +16,7 @@ cdef extern from *:
 ctypedef struct SerializerAPI:
     # dumps(obj)
     object (*dumps)(object obj)
+    # dumps(tuple(items[:n])): the items borrowed, kept alive by the caller
+    object (*dumps_array)(PyObject** items, Py_ssize_t n)
     # loads(the size bytes at buf, max_depth=max_depth): the other limits at their defaults
     object (*loads)(const unsigned char* buf, Py_ssize_t size, Py_ssize_t max_depth)
