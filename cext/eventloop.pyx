@@ -123,6 +123,10 @@ cdef extern from "Python.h":
     object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf,
                                PyObject* kwnames)
     PyObject** PySequence_Fast_ITEMS(object seq)
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+
+cdef extern from "serializer_endian.h":
+    double rr_load_double(const unsigned char* p)  # a big-endian IEEE double, unaligned
 
 cdef extern from *:
     """
@@ -175,6 +179,10 @@ cdef enum:
 if _const.PREFACE_SIZE + _HDR != HS_PREFIX:
     raise ImportError("rapidrpc.transport._eventloop_c expects an 8-byte preface, constants "
                       f"say {_const.PREFACE_SIZE}: rebuild the extension")
+
+# _plain_request's answer for a request it leaves to the general path (besides True/False).
+cdef enum:
+    _NOT_PLAIN = 2
 
 # Results of handling a run of events.
 cdef enum:
@@ -558,6 +566,11 @@ cdef class _Conn:
     def __dealloc__(self):
         _in_free(&self.inb)
         _out_free(&self.out)
+
+
+cdef tuple _as_tuple(PyObject** items, Py_ssize_t n):
+    """A tuple of the *n* objects at *items*."""
+    return tuple([<object>items[i] for i in range(n)])
 
 
 cdef inline bint _same_str(object a, object b) noexcept:
@@ -1113,15 +1126,20 @@ cdef class EventLoop:
         Everything that can make the protocol refuse or reject the request is checked
         before the call is counted; the conditions mirror ServerConnection._on_request.
         """
-        cdef object data, msg, method, args, kwargs = None, meta, value, entry, func, result
+        cdef object msg, method, args, kwargs = None, meta, value
         cdef PyObject* item
         cdef Py_ssize_t n
         cdef double timeout = 0.0
         cdef bint has_deadline = False
+        cdef int answered
         if not conn.fast_ok or conn.nblocking or rid == 0:
             return False  # others in flight (reuse, limit), a goaway or an error: slow path
         if RAPIDRPC_DEBUG and conn.proto.inflight:
             raise AssertionError("rapidrpc loop: calls in flight the loop did not count")
+        if self._c_ser:
+            answered = self._plain_request(conn, <const unsigned char*>body, size, rid)
+            if answered != _NOT_PLAIN:
+                return answered
         try:
             if self._c_ser:  # decoded where it lies
                 msg = _ser.loads(<const unsigned char*>body, size, self._c_max_depth)
@@ -1163,8 +1181,103 @@ cdef class EventLoop:
                         if not timeout > 0.0:  # NaN, zero, negative: rejected there
                             return False
                         has_deadline = True
+        return self._dispatch(conn, rid, method, PySequence_Fast_ITEMS(args),
+                              PyList_GET_SIZE(args), args, kwargs, has_deadline, timeout)
+
+    cdef int _plain_request(self, _Conn conn, const unsigned char* body, Py_ssize_t size,
+                            uint32_t rid) except -1:
+        """The common request, read straight from its bytes: ``[method, [args...]]`` with
+        up to 15 arguments, then optionally nil or ``{}`` for kwargs and nil, ``{}`` or
+        ``{"timeout": float | small int}`` for meta.  Returns what _fast_request returns, or
+        _NOT_PLAIN for any other shape (and for anything undecodable), which the general
+        path then takes from the start: nothing has happened yet.
+
+        Only the arguments become objects: no envelope list, no args list, no meta dict,
+        and no method name str when it is the one the last call named.
+        """
+        cdef PyObject* argv[15]
+        cdef Py_ssize_t nargs = 0, i, pos, end_name, depth = self._c_max_depth
+        cdef unsigned int n, b
+        cdef double timeout = 0.0
+        cdef bint has_deadline = False
+        cdef object method, entry, name, value
+        b = body[0] if size > 0 else 0
+        if not 0x92 <= b <= 0x94 or depth < 2 or size < 3:
+            return _NOT_PLAIN
+        n = b & 0x0F
+        b = body[1]
+        if b & 0xE0 != 0xA0:  # fixstr method name
+            return _NOT_PLAIN
+        end_name = 2 + (b & 0x1F)
+        if end_name >= size or not 0x90 <= body[end_name] <= 0x9F:  # fixarray args
+            return _NOT_PLAIN
+        pos = end_name + 1
         entry = self._last_entry
-        if entry is not None and _same_str(<object>PyTuple_GET_ITEM(entry, 1), method):
+        method = None
+        if entry is not None:
+            name = <object>PyTuple_GET_ITEM(entry, 1)
+            if (PyUnicode_IS_COMPACT_ASCII(name) and PyUnicode_GET_LENGTH(name) == end_name - 2
+                    and memcmp(PyUnicode_DATA(name), body + 2, end_name - 2) == 0):
+                method = name  # the table's own key (see _dispatch)
+        try:
+            if method is None:
+                i = 1
+                method = _ser.decode_one(body, size, &i, 0)
+            for i in range(body[end_name] & 0x0F):
+                value = _ser.decode_one(body, size, &pos, depth - 2)
+                Py_INCREF(value)  # argv owns one reference (released below)
+                argv[i] = <PyObject*>value
+                nargs += 1
+        except Exception:
+            for i in range(nargs):
+                Py_DECREF(<object>argv[i])
+            return _NOT_PLAIN
+        try:
+            if n > 2:  # kwargs: nil or an empty map, else the general path
+                if pos >= size or (body[pos] != 0xC0 and body[pos] != 0x80):
+                    return _NOT_PLAIN
+                pos += 1
+            if n > 3:  # meta
+                b = body[pos] if pos < size else 0xC1
+                if b == 0xC0 or b == 0x80:
+                    pos += 1
+                elif (b == 0x81 and size - pos >= 10 and body[pos + 1] == 0xA7
+                        and memcmp(body + pos + 2, b"timeout", 7) == 0):
+                    pos += 9
+                    b = body[pos]
+                    if b == 0xC0:  # nil: no deadline
+                        pos += 1
+                    else:
+                        if b == 0xCB and size - pos >= 9:  # float 64
+                            timeout = rr_load_double(body + pos + 1)
+                            pos += 9
+                        elif b <= 0x7F:  # positive fixint
+                            timeout = b
+                            pos += 1
+                        else:
+                            return _NOT_PLAIN
+                        if not timeout > 0.0:  # NaN, zero, negative: rejected there
+                            return False
+                        has_deadline = True
+                else:
+                    return _NOT_PLAIN
+            if pos != size:
+                return _NOT_PLAIN  # bytes after the envelope: the general path reports them
+            return self._dispatch(conn, rid, method, argv, nargs, None, None, has_deadline,
+                                  timeout)
+        finally:
+            for i in range(nargs):
+                Py_DECREF(<object>argv[i])
+
+    cdef bint _dispatch(self, _Conn conn, uint32_t rid, object method, PyObject** argv,
+                        Py_ssize_t nargs, object args, object kwargs, bint has_deadline,
+                        double timeout) except -1:
+        """Call *method* with the *nargs* arguments at *argv* (*args*: their list, or None)
+        and *kwargs*, and queue its reply; False when the protocol must answer instead."""
+        cdef PyObject* item
+        cdef object entry = self._last_entry, func, result
+        if (entry is not None and method is not <object>PyTuple_GET_ITEM(entry, 1)
+                and _same_str(<object>PyTuple_GET_ITEM(entry, 1), method)):
             # Calls repeat a method: look it up by the registered name's own str object
             # (its hash cached, found by identity), not the one just decoded.  Still a real
             # lookup, so a method registered again meanwhile is found as it is now.
@@ -1189,11 +1302,12 @@ cdef class EventLoop:
             if has_deadline and conn.last_recv + timeout <= conn.last_recv:
                 raise DeadlineExceeded("deadline exceeded before dispatch")
             if kwargs:
-                result = PyObject_Call(func, tuple(args), kwargs)
-            else:  # the decoded list's items are the argument vector: no tuple
-                result = PyObject_Vectorcall(func, PySequence_Fast_ITEMS(args),
-                                             PyList_GET_SIZE(args), NULL)
+                result = PyObject_Call(func, _as_tuple(argv, nargs), kwargs)
+            else:  # the argument vector as it is: no tuple
+                result = PyObject_Vectorcall(func, argv, nargs, NULL)
         except TypeError as exc:  # Dispatcher.invoke's rule: binding errors are InvalidParams
+            if args is None:
+                args = list(_as_tuple(argv, nargs))
             invalid = self._argument_error(entry, args, kwargs, exc)
             self._answer_error(conn, rid, exc if invalid is None else invalid)
             return True

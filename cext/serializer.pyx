@@ -1226,6 +1226,25 @@ cdef object _decode_all(Dec* d):
 cdef object _loads_c(const unsigned char* buf, Py_ssize_t size, Py_ssize_t max_depth):
     """``loads(<size bytes at buf>, max_depth=max_depth)``, the C entry (SerializerAPI)."""
     cdef Dec d
+    _dec_defaults(&d, buf, size, max_depth)
+    return _decode_all(&d)
+
+
+cdef object _decode_one_c(const unsigned char* buf, Py_ssize_t size, Py_ssize_t* pos,
+                          Py_ssize_t max_depth):
+    """The value at offset ``pos[0]`` of the *size* bytes at *buf*, decoded as _loads_c
+    does but with bytes allowed after it; ``pos[0]`` moves past it (the C entry)."""
+    cdef Dec d
+    _dec_defaults(&d, buf, size, max_depth)
+    d.p = buf + pos[0]
+    obj = _decode(&d)
+    pos[0] = d.p - buf
+    return obj
+
+
+cdef void _dec_defaults(Dec* d, const unsigned char* buf, Py_ssize_t size,
+                        Py_ssize_t max_depth) noexcept:
+    """Set *d* up to decode the *size* bytes at *buf* with loads' default limits."""
     d.buf = buf
     d.p = buf
     d.end = buf + size
@@ -1238,7 +1257,6 @@ cdef object _loads_c(const unsigned char* buf, Py_ssize_t size, Py_ssize_t max_d
     d.max_ext = C_D_EXT
     d.ext_hook = NULL
     d.truncated = False
-    return _decode_all(&d)
 
 
 cdef object _dumps_c(object obj):
@@ -1304,6 +1322,7 @@ cdef SerializerAPI _api
 _api.dumps = _dumps_c
 _api.dumps_array = _dumps_array_c
 _api.loads = _loads_c
+_api.decode_one = _decode_one_c
 _C_API = PyCapsule_New(&_api, SERIALIZER_API_NAME, NULL)
 
 

@@ -20,3 +20,7 @@ ctypedef struct SerializerAPI:
     object (*dumps_array)(PyObject** items, Py_ssize_t n)
     # loads(the size bytes at buf, max_depth=max_depth): the other limits at their defaults
     object (*loads)(const unsigned char* buf, Py_ssize_t size, Py_ssize_t max_depth)
+    # the same for the one value at offset pos[0], bytes allowed after it: pos[0] moves
+    # past it (its containers count from depth 0, whatever encloses it)
+    object (*decode_one)(const unsigned char* buf, Py_ssize_t size, Py_ssize_t* pos,
+                         Py_ssize_t max_depth)
