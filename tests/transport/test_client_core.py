@@ -246,6 +246,67 @@ def test_replies_split_anywhere(scripted_server, make_client, seed) -> None:
         assert future.result(10) == bytes([size % 251]) * size
 
 
+def _large_replies_script(replies: list[tuple[int, int | None, bytes]]):
+    """Answer the first two requests with *replies*: ``(kind, request id or None for the
+    n-th request's id, body)``, written in 1000-byte pieces."""
+
+    def script(server: ScriptedServer, sock: socket.socket, proto: ServerConnection) -> None:
+        server.handshake(sock, proto)
+        rids: list[int] = []
+        while len(rids) < 2:
+            data = sock.recv(65536)
+            if not data:
+                return
+            rids += [e[1] for e in proto.receive_data(data) if e[0] == C.KIND_REQUEST]
+        encode = wire_of(server.backend_name)["framing"].encode_frame
+        stream = b"".join(encode(kind, rids[i] if i < 2 else i, body) for kind, i, body in replies)
+        for pos in range(0, len(stream), 1000):
+            sock.sendall(stream[pos : pos + 1000])
+            time.sleep(0.0005)
+        server.read_events(sock, proto, 2.0)
+
+    return script
+
+
+def test_large_replies_keep_the_protocol_rules(scripted_server, make_client) -> None:
+    """Large replies, read into place in pieces: one for an unknown request is dropped, a
+    large bin and a large error body reach their calls."""
+    dumps = wire_of("python")["serializer"].dumps
+    blob = bytes(range(256)) * 400
+    error_body = dumps([13, "x" * 100_000, "ValueError", None])
+    server = scripted_server(
+        _large_replies_script(
+            [
+                (C.KIND_RESPONSE, 77, dumps(blob)),  # no such request: dropped
+                (C.KIND_RESPONSE, 0, dumps(blob)),
+                (C.KIND_ERROR, 1, error_body),
+            ]
+        )
+    )
+    client = make_client(server.address, timeout=10)
+    first, second = client.call_async("a"), client.call_async("b")
+    assert first.result(10) == blob
+    with pytest.raises(RemoteError) as failed:
+        second.result(10)
+    assert failed.value.message == "x" * 100_000
+    assert client._conn.proto.dropped_replies == 1
+
+
+def test_large_reply_with_bytes_after_its_value_is_a_protocol_error(
+    scripted_server, make_client
+) -> None:
+    dumps = wire_of("python")["serializer"].dumps
+    server = scripted_server(
+        _large_replies_script([(C.KIND_RESPONSE, 0, dumps(b"\x01" * 100_000) + b"\xc0")])
+    )
+    client = make_client(server.address, timeout=10)
+    first, second = client.call_async("a"), client.call_async("b")
+    with pytest.raises(rapidrpc.ConnectionLost, match="protocol error"):
+        first.result(10)
+    with pytest.raises(rapidrpc.ConnectionLost):
+        second.result(10)
+
+
 def test_bytes_right_after_the_handshake_reach_the_core(scripted_server, make_client) -> None:
     """A server that pings in the same write as its settings gets its pong."""
 
