@@ -39,7 +39,6 @@ from cpython.dict cimport PyDict_Contains
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject, PyObject_GenericGetAttr
-from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.pythread cimport (
     NOWAIT_LOCK,
     PY_LOCK_ACQUIRED,
@@ -78,7 +77,7 @@ from client_io cimport (
     slot_set,
     would_block,
 )
-from serializer_api cimport SERIALIZER_API_NAME, SerializerAPI
+from serializer_api cimport SerializerAPI, import_serializer_api
 
 import heapq
 import os
@@ -131,8 +130,7 @@ cdef double C_FOLLOW_SLICE = 0.05
 
 cdef object _MISSING = object()
 # The compiled serializer's C entry points (a protocol built on it is served through them).
-cdef SerializerAPI* _ser = <SerializerAPI*>PyCapsule_GetPointer(
-    _serializer_c._C_API, SERIALIZER_API_NAME)
+cdef SerializerAPI* _ser = import_serializer_api()
 cdef object _HUGE = 1 << 62  # a peer limit at least this large is never reached
 # Forks this process is away from the one that imported this module: the C twin of
 # blocking._fork_generation (both are bumped in the child), compared on every call.

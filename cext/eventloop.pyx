@@ -39,7 +39,6 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsDouble
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.object cimport PyObject, PyObject_Call, PyObject_IsTrue
-from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.tuple cimport PyTuple_GET_ITEM
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_GET_LENGTH, PyUnicode_KIND
 from cpython.ref cimport Py_DECREF, Py_INCREF
@@ -94,7 +93,7 @@ from netio cimport (
     setsockopt,
     shutdown,
 )
-from serializer_api cimport SERIALIZER_API_NAME, SerializerAPI
+from serializer_api cimport SerializerAPI, import_serializer_api
 
 import logging
 import socket
@@ -162,8 +161,7 @@ cdef uint32_t C_KNOWN_FLAGS = _const.KNOWN_FLAGS
 cdef Py_ssize_t C_ZERO_COPY = _const.ZERO_COPY_MIN_BODY
 cdef object _OK = StatusCode.OK
 # The compiled serializer's C entry points (used when the server runs on that serializer).
-cdef SerializerAPI* _ser = <SerializerAPI*>PyCapsule_GetPointer(
-    _serializer_c._C_API, SERIALIZER_API_NAME)
+cdef SerializerAPI* _ser = import_serializer_api()
 cdef object _INTERNAL = StatusCode.INTERNAL
 cdef object _CANCELLED = StatusCode.CANCELLED
 

@@ -5,6 +5,7 @@
 # argument parsing.
 
 from cpython.object cimport PyObject
+from cpython.pycapsule cimport PyCapsule_GetPointer
 
 
 cdef extern from *:
@@ -24,3 +25,9 @@ ctypedef struct SerializerAPI:
     # past it (its containers count from depth 0, whatever encloses it)
     object (*decode_one)(const unsigned char* buf, Py_ssize_t size, Py_ssize_t* pos,
                          Py_ssize_t max_depth)
+
+
+cdef inline SerializerAPI* import_serializer_api() except NULL:
+    """The compiled serializer's table (imports rapidrpc.wire._serializer_c)."""
+    from rapidrpc.wire import _serializer_c
+    return <SerializerAPI*>PyCapsule_GetPointer(_serializer_c._C_API, SERIALIZER_API_NAME)

@@ -246,67 +246,6 @@ def test_replies_split_anywhere(scripted_server, make_client, seed) -> None:
         assert future.result(10) == bytes([size % 251]) * size
 
 
-def _large_replies_script(replies: list[tuple[int, int | None, bytes]]):
-    """Answer the first two requests with *replies*: ``(kind, request id or None for the
-    n-th request's id, body)``, written in 1000-byte pieces."""
-
-    def script(server: ScriptedServer, sock: socket.socket, proto: ServerConnection) -> None:
-        server.handshake(sock, proto)
-        rids: list[int] = []
-        while len(rids) < 2:
-            data = sock.recv(65536)
-            if not data:
-                return
-            rids += [e[1] for e in proto.receive_data(data) if e[0] == C.KIND_REQUEST]
-        encode = wire_of(server.backend_name)["framing"].encode_frame
-        stream = b"".join(encode(kind, rids[i] if i < 2 else i, body) for kind, i, body in replies)
-        for pos in range(0, len(stream), 1000):
-            sock.sendall(stream[pos : pos + 1000])
-            time.sleep(0.0005)
-        server.read_events(sock, proto, 2.0)
-
-    return script
-
-
-def test_large_replies_keep_the_protocol_rules(scripted_server, make_client) -> None:
-    """Large replies, read into place in pieces: one for an unknown request is dropped, a
-    large bin and a large error body reach their calls."""
-    dumps = wire_of("python")["serializer"].dumps
-    blob = bytes(range(256)) * 400
-    error_body = dumps([13, "x" * 100_000, "ValueError", None])
-    server = scripted_server(
-        _large_replies_script(
-            [
-                (C.KIND_RESPONSE, 77, dumps(blob)),  # no such request: dropped
-                (C.KIND_RESPONSE, 0, dumps(blob)),
-                (C.KIND_ERROR, 1, error_body),
-            ]
-        )
-    )
-    client = make_client(server.address, timeout=10)
-    first, second = client.call_async("a"), client.call_async("b")
-    assert first.result(10) == blob
-    with pytest.raises(RemoteError) as failed:
-        second.result(10)
-    assert failed.value.message == "x" * 100_000
-    assert client._conn.proto.dropped_replies == 1
-
-
-def test_large_reply_with_bytes_after_its_value_is_a_protocol_error(
-    scripted_server, make_client
-) -> None:
-    dumps = wire_of("python")["serializer"].dumps
-    server = scripted_server(
-        _large_replies_script([(C.KIND_RESPONSE, 0, dumps(b"\x01" * 100_000) + b"\xc0")])
-    )
-    client = make_client(server.address, timeout=10)
-    first, second = client.call_async("a"), client.call_async("b")
-    with pytest.raises(rapidrpc.ConnectionLost, match="protocol error"):
-        first.result(10)
-    with pytest.raises(rapidrpc.ConnectionLost):
-        second.result(10)
-
-
 def test_bytes_right_after_the_handshake_reach_the_core(scripted_server, make_client) -> None:
     """A server that pings in the same write as its settings gets its pong."""
 
@@ -559,8 +498,9 @@ def test_future_dict_survives_threads_racing_to_first_use(backend_name) -> None:
 # --- protocol errors in the middle of a batch -----------------------------------------------------
 
 
-def _batch_script(*frames_for):
-    """Answer the first two requests with one write of ``make(server, rids)`` frames."""
+def _batch_script(*frames_for, piece: int = 0):
+    """Answer the first two requests with one write of ``make(server, rids)`` frames
+    (*piece*: in writes of that many bytes instead, a moment apart)."""
 
     def script(server, sock, proto) -> None:
         server.handshake(sock, proto)
@@ -572,7 +512,11 @@ def _batch_script(*frames_for):
                 return
             rids += [e[1] for e in proto.receive_data(data) if e[0] == C.KIND_REQUEST]
         w = wire_of(server.backend_name)
-        sock.sendall(b"".join(make(w, rids) for make in frames_for))
+        stream = b"".join(make(w, rids) for make in frames_for)
+        for pos in range(0, len(stream), piece or len(stream)):
+            sock.sendall(stream[pos : pos + (piece or len(stream))])
+            if piece:
+                time.sleep(0.0005)
         server.read_events(sock, proto, 2.0)
 
     return script
@@ -586,6 +530,41 @@ def _reply(kind: int, value: Any, which: int = 0, raw: bytes | None = None):
         return w["framing"].encode_frame(kind, rids[which], body)
 
     return make
+
+
+def test_large_replies_keep_the_protocol_rules(scripted_server, make_client) -> None:
+    """Large replies, read into place in pieces: one for an unknown request is dropped, a
+    large bin and a large error body reach their calls."""
+    blob = bytes(range(256)) * 400
+
+    def unknown(w: dict[str, Any], rids: list[int]) -> bytes:
+        return w["framing"].encode_frame(C.KIND_RESPONSE, 77, w["serializer"].dumps(blob))
+
+    error = _reply(C.KIND_ERROR, [13, "x" * 100_000, "ValueError", None], 1)
+    server = scripted_server(
+        _batch_script(unknown, _reply(C.KIND_RESPONSE, blob), error, piece=1000)
+    )
+    client = make_client(server.address, timeout=10)
+    first, second = client.call_async("a"), client.call_async("b")
+    assert first.result(10) == blob
+    with pytest.raises(RemoteError) as failed:
+        second.result(10)
+    assert failed.value.message == "x" * 100_000
+    assert client._conn.proto.dropped_replies == 1
+
+
+def test_large_reply_with_bytes_after_its_value_is_a_protocol_error(
+    scripted_server, make_client
+) -> None:
+    value = wire_of("python")["serializer"].dumps(b"\x01" * 100_000)
+    bad = _reply(C.KIND_RESPONSE, None, raw=value + b"\xc0")
+    server = scripted_server(_batch_script(bad, piece=1000))
+    client = make_client(server.address, timeout=10)
+    first, second = client.call_async("a"), client.call_async("b")
+    with pytest.raises(rapidrpc.ConnectionLost, match="protocol error"):
+        first.result(10)
+    with pytest.raises(rapidrpc.ConnectionLost):
+        second.result(10)
 
 
 @pytest.mark.parametrize(
