@@ -40,10 +40,11 @@ CORE_METHODS = (
     "submit",
 )
 
-#: The ClientConnection attributes the compiled core reads and writes on every call at
-#: their slot's offset in the protocol object (no attribute lookup): each must be a
-#: writable ``__slots__`` entry of the protocol's class (the core checks when it connects,
-#: and so does a test).
+#: The ClientConnection attributes the compiled core reaches without attribute lookups:
+#: _pending and _held once, when it connects (the same dicts for the protocol's life), the
+#: rest on every call at their slot's offset in the protocol object.  Each must be a
+#: writable ``__slots__`` entry of the protocol's class (the core checks the ones it reads
+#: by offset when it connects; a test checks all of them).
 PROTOCOL_FIELDS = (
     "_held",
     "_next_id",
